@@ -1,0 +1,137 @@
+"""Small measuring helpers the claim tests share: BN layers with non-trivial state, weight
+snapshots, and the numbers a model's BN layers hold. Needs TensorFlow (through the caller's keras)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from bnspec import model as bn_model
+
+
+def bn_state(layer) -> dict:
+    """gamma, beta, moving mean/variance (float64 copies) and epsilon of a BN layer."""
+    return {
+        "gamma": np.array(layer.gamma.numpy(), np.float64),
+        "beta": np.array(layer.beta.numpy(), np.float64),
+        "mean": np.array(layer.moving_mean.numpy(), np.float64),
+        "var": np.array(layer.moving_variance.numpy(), np.float64),
+        "eps": float(layer.epsilon),
+    }
+
+
+def randomise_bn(layer, rng: np.random.Generator) -> None:
+    """Give a built BN layer distinctive gamma/beta/moving statistics, so that training-mode and
+    inference-mode outputs differ by O(1) and any update of the statistics is visible."""
+    n = layer.gamma.shape[0]
+    layer.gamma.assign(rng.uniform(0.5, 2.0, n).astype(np.float32))
+    layer.beta.assign(rng.normal(0.0, 1.0, n).astype(np.float32))
+    layer.moving_mean.assign(rng.normal(0.0, 2.0, n).astype(np.float32))
+    layer.moving_variance.assign(rng.uniform(0.5, 4.0, n).astype(np.float32))
+
+
+def make_bn(keras, units: int, rng: np.random.Generator, **kwargs):
+    """A built BatchNormalization layer on `units` features with randomised state."""
+    layer = keras.layers.BatchNormalization(**kwargs)
+    layer.build((None, units))
+    randomise_bn(layer, rng)
+    return layer
+
+
+def snapshot(model) -> dict[str, np.ndarray]:
+    """Independent copies of every variable, keyed by a stable name."""
+    return {f"{i}:{_name(v)}": np.array(v.numpy()) for i, v in enumerate(model.weights)}
+
+
+def _name(v) -> str:
+    return getattr(v, "path", None) or v.name
+
+
+def changes(before: dict, after: dict) -> dict[str, float]:
+    """max |after - before| per variable."""
+    return {k: float(np.max(np.abs(after[k].astype(np.float64) - before[k]))) for k in before}
+
+
+def grouped_changes(model, before: dict, after: dict) -> dict[str, float]:
+    """Largest change per kind of variable: kernel/bias, gamma/beta, moving statistics."""
+    groups = {"kernels": 0.0, "gamma_beta": 0.0, "moving": 0.0}
+    for key, delta in changes(before, after).items():
+        name = key.split(":", 1)[1]
+        group = "moving" if "moving" in name else "gamma_beta" if ("gamma" in name or "beta" in name) else "kernels"
+        groups[group] = max(groups[group], delta)
+    return groups
+
+
+def mlp_reference_layers(model) -> list[dict]:
+    """The model's Dense and BN layers as numpy dicts for bnspec.reference.mlp_inference."""
+    out = []
+    for layer in bn_model._all_layers(model):
+        kind = type(layer).__name__
+        if kind == "Dense":
+            kernel, bias = layer.get_weights()
+            out.append({"kernel": kernel, "bias": bias})
+        elif "BatchNormalization" in kind:
+            out.append(bn_state(layer))
+    return out
+
+
+def randomise_model_bn(model, rng: np.random.Generator) -> None:
+    for layer in bn_model.bn_layers(model):
+        randomise_bn(layer, rng)
+
+
+# --------------------------------------------------------------------------- entry points
+
+INFERENCE_ENTRIES = ("predict", "predict_on_batch", "evaluate", "test_on_batch", "call", "call_training_false")
+TRAINING_ENTRIES = ("fit", "train_on_batch", "call_training_true")
+OUTPUT_ENTRIES = ("predict", "predict_on_batch", "call", "call_training_false", "call_training_true")
+
+
+def run_entry(model, entry: str, x, y):
+    """Run `model` on (x, y) through one Keras entry point; returns logits (numpy) where the
+    entry point returns them, the loss for evaluate/test_on_batch, and None for fit."""
+    n = len(x)
+    if entry == "fit":
+        model.fit(x, y, batch_size=n, epochs=1, verbose=0, shuffle=False)
+        return None
+    if entry == "train_on_batch":
+        model.train_on_batch(x, y)
+        return None
+    if entry == "predict":
+        return np.asarray(model.predict(x, batch_size=n, verbose=0))
+    if entry == "predict_on_batch":
+        return np.asarray(model.predict_on_batch(x))
+    if entry == "evaluate":
+        return float(np.ravel(model.evaluate(x, y, batch_size=n, verbose=0))[0])
+    if entry == "test_on_batch":
+        return float(np.ravel(model.test_on_batch(x, y))[0])
+    if entry == "call":
+        return np.asarray(model(x))
+    if entry == "call_training_false":
+        return np.asarray(model(x, training=False))
+    if entry == "call_training_true":
+        return np.asarray(model(x, training=True))
+    raise ValueError(f"unknown entry point {entry!r}")
+
+
+def collapse_bound(model, bn_index: int = -1) -> np.ndarray:
+    """Bound on how much the logits of two single-example batches can differ when the BN layer
+    `bn_index` (the last hidden one by default) runs in training mode on batches of one.
+
+    That layer then outputs beta + e with |e| <= batch_of_one_bound(x), where its input x comes from
+    a Dense layer fed by tanh/sigmoid outputs in [-1, 1], so |x_j| <= sum_i |W_ij| + |b_j|. Through
+    the activation (1-Lipschitz) and the logits layer W_out, two outputs differ by at most
+    2 * |W_out|^T e, plus the float32 rounding of the logits' dot products (2 * k * u * |W_out|^T 1)."""
+    from bnspec import reference
+
+    layers = bn_model._all_layers(model)
+    bns = bn_model.bn_layers(model)
+    bn = bns[bn_index]
+    pos = layers.index(bn)
+    w_in, b_in = layers[pos - 1].get_weights()
+    w_out, b_out = bn_model.dense_layers(model)[-1].get_weights()
+    x_max = np.abs(w_in).sum(axis=0) + np.abs(b_in)
+    s = bn_state(bn)
+    e = reference.batch_of_one_bound(x_max, s["gamma"], s["beta"], s["eps"])
+    k = w_out.shape[0]
+    aw = np.abs(w_out.astype(np.float64))
+    return 2 * (e @ aw) + 2 * k * reference.U32 * (aw.sum(axis=0) + np.abs(b_out))

@@ -1,0 +1,142 @@
+"""Batch Normalization in numpy float64 (no TensorFlow), and float32 error bounds for comparing to it.
+
+Notation follows Ioffe & Szegedy (2015), Algorithm 1: over a mini-batch B = {x_1..m},
+    mu_B = mean(x),  sigma2_B = mean((x - mu_B)^2)  (biased),
+    x_hat = (x - mu_B) / sqrt(sigma2_B + eps),  y = gamma * x_hat + beta.
+Inference uses fixed statistics instead of (mu_B, sigma2_B).
+
+Error bounds. TensorFlow evaluates BN in float32 (unit roundoff u = 2^-24) as
+    inv = gamma * rsqrt(var + eps);  y = x * inv + (beta - mean * inv)
+and computes mean/var by reductions over n elements. `bn_bound` is a first-order worst-case bound on
+|y_float32 - y_exact| from that evaluation order: a few roundings per term, plus the effect of the
+reduction errors of mean (<= n*u*mean|x|) and of var (<= 2*(n+2)*u*mean(x^2), which also covers
+Keras 3's E[x^2] - E[x]^2 formula). These are bounds, not estimates: a comparison that exceeds
+one is a real difference, not rounding noise.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+U32 = 2.0**-24  # float32 unit roundoff
+
+
+def _axes(x: np.ndarray, axis: int) -> tuple[int, ...]:
+    axis = axis % x.ndim
+    return tuple(i for i in range(x.ndim) if i != axis)
+
+
+def _bcast(v: np.ndarray, x: np.ndarray, axis: int) -> np.ndarray:
+    shape = [1] * x.ndim
+    shape[axis % x.ndim] = -1
+    return np.asarray(v, dtype=np.float64).reshape(shape)
+
+
+def batch_stats(x, axis: int = -1):
+    """(mean, biased variance) over every axis but `axis`, in float64."""
+    x = np.asarray(x, dtype=np.float64)
+    axes = _axes(x, axis)
+    return x.mean(axis=axes), x.var(axis=axes)
+
+
+def bn_inference(x, gamma, beta, mean, var, eps: float, axis: int = -1) -> np.ndarray:
+    """y = gamma * (x - mean) / sqrt(var + eps) + beta, in float64."""
+    x = np.asarray(x, dtype=np.float64)
+    b = lambda v: _bcast(v, x, axis)  # noqa: E731
+    return b(gamma) * (x - b(mean)) / np.sqrt(b(var) + eps) + b(beta)
+
+
+def bn_train(x, gamma, beta, eps: float, axis: int = -1):
+    """Algorithm 1: returns (y, batch mean, biased batch variance)."""
+    mean, var = batch_stats(x, axis)
+    return bn_inference(x, gamma, beta, mean, var, eps, axis), mean, var
+
+
+def ema(moving, batch_value, momentum: float):
+    """Keras' moving-statistics update: moving * momentum + batch * (1 - momentum)."""
+    return np.asarray(moving, np.float64) * momentum + np.asarray(batch_value, np.float64) * (1.0 - momentum)
+
+
+def bn_bound(x, gamma, beta, mean, var, eps: float, axis: int = -1, n_reduce: int = 0) -> np.ndarray:
+    """Elementwise worst-case |float32 BN - exact BN| (see module doc).
+
+    `n_reduce` is the number of elements each statistic was reduced over (0 for inference with
+    given statistics, whose only errors are the transform's own roundings)."""
+    x = np.asarray(x, dtype=np.float64)
+    b = lambda v: _bcast(v, x, axis)  # noqa: E731
+    inv = np.abs(b(gamma)) / np.sqrt(b(var) + eps)
+    y = bn_inference(x, gamma, beta, mean, var, eps, axis)
+    # rsqrt, *gamma, x*inv, mean*inv, beta-(.), final add: <= 4 roundings on each product path
+    bound = U32 * (4 * (np.abs(x) + np.abs(b(mean))) * inv + 2 * np.abs(b(beta)) + np.abs(y))
+    if n_reduce:
+        axes = _axes(x, axis)
+        d_mean = n_reduce * U32 * np.abs(x).mean(axis=axes)
+        d_var = 2 * (n_reduce + 2) * U32 * (x**2).mean(axis=axes)
+        bound = bound + inv * b(d_mean) + np.abs(x - b(mean)) * inv * b(d_var) / (2 * (b(var) + eps))
+    return bound
+
+
+def batch_of_one_bound(x, gamma, beta, eps: float) -> np.ndarray:
+    """|y - beta| bound for a batch of ONE in training mode: mean = x and var = 0 exactly, so
+    y = x*inv + (beta - x*inv) with inv = gamma/sqrt(eps) differs from beta only by the rounding of
+    the products, about |x|*|gamma|/sqrt(eps)*2^-24 (we allow 4 roundings)."""
+    x = np.asarray(x, dtype=np.float64)
+    return U32 * (4 * np.abs(x) * np.abs(gamma) / np.sqrt(eps) + 2 * np.abs(beta))
+
+
+# --------------------------------------------------------------------------- the notebook's MLP
+
+
+def mlp_training(x, layers, activation: str = "tanh") -> np.ndarray:
+    """The same network with every BN layer in training mode (batch statistics), float64, no bound:
+    the alternative a mode test must be able to tell apart from `mlp_inference`."""
+    act = np.tanh if activation == "tanh" else (lambda z: 1.0 / (1.0 + np.exp(-z)))
+    h = np.asarray(x, dtype=np.float64)
+    for layer in layers:
+        if "kernel" in layer:
+            h = h @ np.asarray(layer["kernel"], np.float64) + np.asarray(layer["bias"], np.float64)
+        else:
+            h = act(bn_train(h, layer["gamma"], layer["beta"], layer["eps"])[0])
+    return h
+
+
+LAMBDA = 6.0  # probabilistic bounds hold with probability >= 1 - 2*exp(-LAMBDA^2/2) ~ 1 - 3e-8 each
+
+
+def mlp_inference(x, layers, activation: str = "tanh"):
+    """Forward pass of Dense -> BN(inference) -> act ... -> Dense in float64, with a float32
+    rounding-error bound for a whole network.
+
+    `layers` is a list of dicts in model order: {"kernel", "bias"} for Dense and
+    {"gamma", "beta", "mean", "var", "eps"} for BN (the activation follows each BN).
+
+    A worst-case bound compounds |W|^T through every layer and grows far beyond the errors seen in
+    practice (it assumes every rounding error has the sign of its weight). Here rounding errors are
+    modelled as independent, zero-mean and at most u relative (Higham & Mary 2019, "A new approach to
+    probabilistic rounding error analysis"): a dot product of length k has error standard deviation
+    <= sqrt(k)*u*sum|w_i x_i|; errors carried in propagate as sqrt((W^2)^T sigma^2); BN scales them
+    by |inv| and adds its own rounding (bn_bound); tanh/sigmoid are 1-Lipschitz. Returns
+    (logits, LAMBDA * sigma) elementwise."""
+    act = np.tanh if activation == "tanh" else (lambda z: 1.0 / (1.0 + np.exp(-z)))
+    h = np.asarray(x, dtype=np.float64)
+    var = np.zeros_like(h)  # variance of the accumulated float32 error
+    for layer in layers:
+        if "kernel" in layer:
+            w, bias = np.asarray(layer["kernel"], np.float64), np.asarray(layer["bias"], np.float64)
+            k = w.shape[0]
+            own = np.sqrt(k) * U32 * (np.abs(h) @ np.abs(w) + np.abs(bias))
+            var = var @ (w**2) + own**2
+            h = h @ w + bias
+        else:
+            g, be, m, v, eps = (layer[n] for n in ("gamma", "beta", "mean", "var", "eps"))
+            inv = np.abs(np.asarray(g, np.float64)) / np.sqrt(np.asarray(v, np.float64) + eps)
+            var = var * inv**2 + bn_bound(h, g, be, m, v, eps) ** 2
+            h = act(bn_inference(h, g, be, m, v, eps))
+            var = var + (U32 * np.abs(h)) ** 2
+    return h, LAMBDA * np.sqrt(var)
+
+
+def softmax_cross_entropy(logits, onehot) -> np.ndarray:
+    z = np.asarray(logits, np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    return -(np.asarray(onehot, np.float64) * (z - np.log(np.exp(z).sum(axis=1, keepdims=True)))).sum(axis=1)

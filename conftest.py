@@ -1,0 +1,88 @@
+"""Fixtures shared by every bnspec test: the Keras flavour, devices, MNIST, and the trained model.
+
+The trained model comes from bnspec.training's cache: the first process that needs it trains it
+(under a file lock, so N pytest-xdist workers train it once) and every later test and run reuses it.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+pytest_plugins = ["bnspec.plugin"]
+
+DEVICES = ("cpu", "gpu")
+
+
+@pytest.fixture(scope="session")
+def flavour() -> str:
+    from bnspec import flavours
+
+    return flavours.current()
+
+
+@pytest.fixture(scope="session")
+def keras(flavour):
+    """The Keras module under test (keras or tf_keras): tests never import Keras themselves."""
+    from bnspec import BnspecError, flavours
+
+    try:
+        return flavours.keras_module(flavour)
+    except BnspecError as exc:
+        pytest.skip(f"flavour {flavour} is not installed: {exc}")
+
+
+@pytest.fixture(scope="session")
+def tf(keras):
+    import tensorflow
+
+    return tensorflow
+
+
+@pytest.fixture(scope="session")
+def gpus(tf) -> list:
+    return tf.config.list_physical_devices("GPU")
+
+
+@pytest.fixture(params=DEVICES)
+def device(request, tf, gpus):
+    """Runs the test body under tf.device: CPU always, GPU when one is visible (else skipped)."""
+    if request.param == "gpu" and not gpus:
+        pytest.skip("no GPU visible to TensorFlow")
+    with tf.device("/GPU:0" if request.param == "gpu" else "/CPU:0"):
+        yield request.param
+
+
+@pytest.fixture(scope="session")
+def mnist():
+    """The study notebook's preprocessed splits (bnspec.data.Splits), from the verified MNIST."""
+    from bnspec import data
+
+    return data.preprocess(data.load_mnist())
+
+
+@pytest.fixture(scope="session")
+def trained(keras):
+    """The notebook's model trained for 10 epochs (bnspec.training.Trained), from the cache.
+    `trained.model` is shared: tests that change it must use `trained.fresh()`."""
+    from bnspec import training
+
+    return training.trained()
+
+
+@pytest.fixture(autouse=True)
+def _record_model_cache(request):
+    """Tell the results file whether this run trained the model or reused the cache."""
+    yield
+    if "trained" in request.fixturenames:
+        t = request.getfixturevalue("trained")
+        request.node.user_properties.append(("bnspec_model", {
+            "entry": t.path.name, "created": t.created, "train_seconds": t.metrics.get("train_seconds"),
+            "test_accuracy": t.metrics.get("test_accuracy")}))
+
+
+@pytest.fixture
+def rng():
+    """A fixed-seed generator: the same run twice measures the same numbers."""
+    import numpy as np
+
+    return np.random.default_rng(20150211)
