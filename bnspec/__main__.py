@@ -1,0 +1,5 @@
+import sys
+
+from bnspec.cli import main
+
+sys.exit(main())

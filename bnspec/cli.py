@@ -1,0 +1,142 @@
+"""`bnspec` command line. TensorFlow is imported only by the commands that need it (data, train,
+and run's preparation step), never for --help, `claims` or `report`.
+
+Exit codes: 0 success, 1 runtime error (one line on stderr), 2 bad usage; `run` returns pytest's code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from bnspec import BnspecError, __version__
+
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="bnspec",
+        description="Executable specification of Batch Normalization in TensorFlow/Keras: "
+        "measure every claim, write reports/REPORT.md.",
+    )
+    p.add_argument("--version", action="version", version=f"bnspec {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="fetch data, train (cached), run the claim suite in parallel, write the report",
+                         description="Prepare (MNIST + trained model, both cached), run pytest with -n auto, then "
+                         "write reports/REPORT.md. Extra arguments go to pytest, e.g. bnspec run -k K01 -n 0")
+    run.add_argument("--no-prepare", action="store_true", help="skip the preparation step (the tests train if needed)")
+    run.add_argument("--no-report", action="store_true", help="do not write the report after the tests")
+
+    rep = sub.add_parser("report", help="results JSON -> reports/REPORT.md (no TensorFlow needed)")
+    rep.add_argument("--raw", type=Path, default=Path("reports/raw"), help="directory of <flavour>.json results")
+    rep.add_argument("--out", type=Path, default=Path("reports"), help="where REPORT.md and results.json go")
+
+    sub.add_parser("data", help="obtain and verify MNIST (sha256) into the cache; prints where it is")
+
+    train = sub.add_parser("train", help="train the notebook's model once and cache it (reused afterwards)")
+    train.add_argument("--epochs", type=int, default=None, help="epochs (default: 10, as the notebook)")
+
+    sub.add_parser("claims", help="list the claims in the registry")
+    sub.add_parser("cache", help="show the cache directory, its models and its event log")
+    return p
+
+
+def _cmd_report(args) -> int:
+    from bnspec import report
+
+    target = report.write(args.raw, args.out)
+    print(f"bnspec: wrote {target} and {args.out / 'results.json'}")
+    return 0
+
+
+def _cmd_data(args) -> int:
+    from bnspec import data
+
+    (xtr, ytr), (xte, yte) = data.load_mnist()
+    print(f"MNIST verified: train {xtr.shape}, test {xte.shape}; cache {data.cache_path() if not os.environ.get('BNSPEC_MNIST') else os.environ['BNSPEC_MNIST']}")
+    return 0
+
+
+def _cmd_train(args) -> int:
+    from bnspec import training
+
+    spec = training.TrainSpec() if args.epochs is None else training.TrainSpec(epochs=args.epochs)
+    if spec.epochs < 1:
+        raise BnspecError("--epochs must be >= 1")
+    t = training.trained(train=spec)
+    print(f"model: {t.path} ({'trained now' if t.created else 'reused from cache'}; "
+          f"test accuracy {t.metrics['test_accuracy']:.4f})")
+    return 0
+
+
+def _cmd_claims(args) -> int:
+    from tabulate import tabulate
+
+    from bnspec import claims
+
+    rows = [[c.id, c.topic, c.statement, c.source] for c in claims.CLAIMS]
+    print(tabulate(rows, headers=["id", "topic", "statement", "source"], tablefmt="simple", maxcolwidths=[None, 16, 70, 40]))
+    return 0
+
+
+def _cmd_cache(args) -> int:
+    from bnspec import paths, training
+
+    home = paths.home()
+    print(f"cache directory: {home}  (set BNSPEC_HOME to move it)")
+    mnist = home / "data" / "mnist.npz"
+    print(f"MNIST: {mnist if mnist.exists() else 'not fetched yet'}")
+    models = home / "models"
+    for entry in sorted(models.glob("*-*")) if models.exists() else []:
+        if entry.is_dir():
+            print(f"model: {entry.name}")
+    for ev in training.store().events()[-10:]:
+        print(f"event: {ev}")
+    return 0
+
+
+def _cmd_run(args, pytest_args: list[str]) -> int:
+    if not args.no_prepare:
+        from bnspec import training
+
+        training.trained()  # fetch + verify MNIST and train the model once, with progress, before the workers start
+    cmd = [sys.executable, "-m", "pytest"]
+    if not any(a == "-n" or a.startswith("-n") or a.startswith("--numprocesses") for a in pytest_args):
+        cmd += ["-n", "auto"]
+    cmd += pytest_args
+    print(f"bnspec: {' '.join(cmd)}", flush=True)
+    code = subprocess.call(cmd)
+    if not args.no_report and Path("reports/raw").is_dir():
+        from bnspec import report
+
+        target = report.write(Path("reports/raw"), Path("reports"))
+        print(f"bnspec: wrote {target}")
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = _parser()
+    # `run` passes unknown arguments through to pytest
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "run":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    try:
+        if args.command == "run":
+            return _cmd_run(args, extra)
+        return {"report": _cmd_report, "data": _cmd_data, "train": _cmd_train, "claims": _cmd_claims,
+                "cache": _cmd_cache}[args.command](args)
+    except BnspecError as exc:
+        print(f"bnspec: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("bnspec: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,59 @@
+"""The CLI's cheap paths, and the claim registry's consistency with the tests."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bnspec import claims, flavours
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _bnspec(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "bnspec", *args], capture_output=True, text=True, cwd=kw.get("cwd", ROOT))
+
+
+def test_help_does_not_import_tensorflow():
+    code = "import sys; from bnspec import cli\ntry:\n  cli.main(['--help'])\nexcept SystemExit: pass\nprint('tensorflow' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_usage_errors_exit_2_and_runtime_errors_exit_1(tmp_path):
+    bad = _bnspec("frobnicate")
+    assert bad.returncode == 2 and "invalid choice" in bad.stderr
+    missing = _bnspec("report", "--raw", str(tmp_path / "none"), "--out", str(tmp_path))
+    assert missing.returncode == 1
+    assert missing.stderr.count("\n") == 1 and "run the tests first" in missing.stderr
+
+
+def test_unknown_flavour_is_one_clear_error(monkeypatch):
+    monkeypatch.setenv("BNSPEC_FLAVOUR", "keras9")
+    with pytest.raises(Exception, match="unknown flavour 'keras9'"):
+        flavours.current()
+
+
+def _claim_marks() -> set[str]:
+    found = set()
+    for path in (ROOT / "tests" / "claims").glob("test_*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "claim"
+                    and node.args and isinstance(node.args[0], ast.Constant)):
+                found.add(node.args[0].value)
+    return found
+
+
+def test_every_claim_has_a_test_and_every_mark_a_claim():
+    marks, ids = _claim_marks(), {c.id for c in claims.CLAIMS}
+    assert ids - marks == set(), "claims without a test"
+    assert marks - ids == set(), "tests naming unknown claims"
+
+
+@pytest.mark.parametrize("flavour", flavours.FLAVOURS)
+def test_every_claim_has_an_expectation_on_every_flavour(flavour):
+    for c in claims.CLAIMS:
+        for params in ({}, {"kind": "functional", "entry": "predict"}, {"kind": "subclassed", "entry": "call"}):
+            assert c.expectation(flavour, "3.15.1" if flavour == "keras3" else "2.21.0", params).verdict in claims.VERDICTS
