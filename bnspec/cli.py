@@ -25,10 +25,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"bnspec {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = sub.add_parser("run", help="fetch data, train (cached), run the claim suite in parallel, write the report",
-                         description="Prepare (MNIST + trained model, both cached), run pytest with -n auto, then "
-                         "write reports/REPORT.md. Extra arguments go to pytest, e.g. bnspec run -k K01 -n 0")
-    run.add_argument("--no-prepare", action="store_true", help="skip the preparation step (the tests train if needed)")
+    run = sub.add_parser("run", help="run the claim suite in parallel (pytest -n auto), then write the report",
+                         description="Run pytest with -n auto (it fetches MNIST and trains the model once, both "
+                         "cached), then write reports/REPORT.md. Extra arguments go to pytest, e.g. "
+                         "bnspec run -k K01 -n 0")
     run.add_argument("--no-report", action="store_true", help="do not write the report after the tests")
 
     rep = sub.add_parser("report", help="results JSON -> reports/REPORT.md (no TensorFlow needed)")
@@ -100,10 +100,6 @@ def _cmd_cache(args) -> int:
 
 
 def _cmd_run(args, pytest_args: list[str]) -> int:
-    if not args.no_prepare:
-        from bnspec import training
-
-        training.trained()  # fetch + verify MNIST and train the model once, with progress, before the workers start
     cmd = [sys.executable, "-m", "pytest"]
     if not any(a == "-n" or a.startswith("-n") or a.startswith("--numprocesses") for a in pytest_args):
         cmd += ["-n", "auto"]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import platform
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -42,6 +43,7 @@ def pytest_configure(config):
     config._bnspec_started = time.time()
     config._bnspec_tests = {}
     config._bnspec_model = None
+    config._bnspec_trained_now = False
 
 
 def pytest_collection_modifyitems(config, items):
@@ -185,6 +187,37 @@ _CONFIG: dict = {}
 @pytest.hookimpl(tryfirst=True)
 def pytest_sessionstart(session):
     _CONFIG["config"] = session.config
+    if not _is_worker(session.config) and os.environ.get("BNSPEC_PREPARE", "1") != "0":
+        prepare(session.config)
+
+
+def _needs_model(config) -> bool:
+    """False when every path given on the command line lies in tests/unit (no trained model needed)."""
+    targets = [a for a in config.args if not a.startswith("-")]
+    return not targets or any("unit" not in Path(a.split("::")[0]).parts for a in targets)
+
+
+def prepare(config) -> None:
+    """Fetch MNIST and train the cached model before any test (or xdist worker) starts, in a
+    subprocess whose progress reaches the terminal. Cheap when cached: no TensorFlow is imported here.
+    Set BNSPEC_PREPARE=0 to leave it to the tests' fixtures."""
+    from bnspec import training
+
+    if not _needs_model(config):
+        return
+    entry = training.cached_entry()
+    tr = config.pluginmanager.get_plugin("terminalreporter")
+    if entry is not None:
+        if tr is not None:
+            tr.write_line(f"bnspec: reusing cached model {entry}")
+        return
+    capman = config.pluginmanager.get_plugin("capturemanager")
+    with capman.global_and_fixture_disabled():
+        print("bnspec: no cached model yet: fetching MNIST and training it once (progress below)", flush=True)
+        code = subprocess.call([sys.executable, "-m", "bnspec", "train"])
+    config._bnspec_trained_now = code == 0
+    if code != 0 and tr is not None:
+        tr.write_line(f"bnspec: preparation failed (exit {code}); the tests that need the model will report why")
 
 
 def _cpu_model() -> str:
@@ -214,6 +247,8 @@ def pytest_sessionfinish(session, exitstatus):
     flavour = flavours.current()
     target = config.getoption("--bnspec-results") or Path(config.rootpath) / "reports" / "raw" / f"{flavour}.json"
     finished = time.time()
+    if config._bnspec_model and config._bnspec_trained_now:
+        config._bnspec_model["created"] = True  # trained by prepare() in this run, then loaded by the tests
     doc = {
         "schema": results.SCHEMA, "flavour": flavour,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(config._bnspec_started)),

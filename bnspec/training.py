@@ -96,6 +96,12 @@ def _train_into(spec: ModelSpec, train: TrainSpec, out: Path) -> dict:
     }
 
 
+def cached_entry(spec: ModelSpec = ModelSpec(), train: TrainSpec = TrainSpec()) -> Path | None:
+    """The cache entry for (spec, train) if one exists, without importing TensorFlow (not validated)."""
+    entry = store().entry_dir(f"{flavours.current()}-{spec.kind}", cache.key_of(key_material(spec, train)))
+    return entry if (entry / cache.ENTRY_FILE).is_file() else None
+
+
 def trained(spec: ModelSpec = ModelSpec(), train: TrainSpec = TrainSpec()) -> Trained:
     """The trained model for (spec, train), from the cache or trained now (once across processes)."""
     entry = store().get_or_create(
