@@ -11,6 +11,8 @@ Module map (data flows top to bottom):
   training   ModelSpec + TrainSpec -> trained model through the cache
   claims     the registry: one Claim record per claim, data only
   reference  numpy float64 BN math and float32 error bounds (no TensorFlow)
+  probes     measuring helpers shared by the claim tests (weight snapshots, entry points)
+  plugin     pytest plugin: claim marker, verdict fixture, results JSON (loaded by conftest.py)
   results    the results JSON written by the pytest plugin, read by the report
   report     results JSON -> reports/REPORT.md (no TensorFlow)
   cli        `bnspec run | report | data | train | claims | cache`

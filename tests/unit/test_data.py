@@ -1,7 +1,6 @@
 """bnspec.data: verification, the allow-list unpickler, the readers, and user-supplied files."""
 
 import gzip
-import io
 import os
 import pickle
 
