@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
+from bnspec.flavours import FAMILY
+
 HOLDS, REFUTED = "holds", "refuted"
 VERDICTS = (HOLDS, REFUTED)
 
@@ -25,7 +27,7 @@ VERDICTS = (HOLDS, REFUTED)
 @dataclass(frozen=True)
 class Expect:
     verdict: str
-    flavour: str | None = None  # keras3 | tfkeras | None (any)
+    flavour: str | None = None  # keras3 (also matches keras-nightly) | keras-nightly | tfkeras | None (any)
     versions: str = ""  # PEP 440 specifier on the flavour's Keras version, e.g. ">=3.16"
     case: str = ""  # "param=value[,param=value]" limiting the rule to some parametrisations
     why: str = ""
@@ -36,7 +38,7 @@ class Expect:
         SpecifierSet(self.versions)  # validate early
 
     def matches(self, flavour: str, version: str | None, params: dict) -> bool:
-        if self.flavour and self.flavour != flavour:
+        if self.flavour and self.flavour not in (flavour, FAMILY.get(flavour)):
             return False
         if self.versions and (version is None or Version(version) not in SpecifierSet(self.versions, prereleases=True)):
             return False
@@ -55,6 +57,7 @@ class Claim:
     topic: str
     expected: tuple[Expect, ...] = (Expect(HOLDS),)
     note: str = ""  # shown in the report: what the evidence means
+    advice: str = ""  # for a practitioner: what to do about it (report, "What surprised us")
     tags: tuple[str, ...] = field(default_factory=tuple)
 
     def expectation(self, flavour: str, version: str | None, params: dict) -> Expect:
@@ -67,6 +70,13 @@ class Claim:
 NB = "study notebook"
 KD = "Keras docs, BatchNormalization"
 PAPER = "Ioffe & Szegedy 2015"
+PRECISE = "Wu & Johnson 2021, 'Rethinking \"Batch\" in BatchNorm'"
+TORCH = "PyTorch docs, torch.nn.BatchNorm1d"
+KERAS316 = ">=3.16.0.dev0"
+HARDCODED_KERAS316 = (
+    "from Keras 3.16 (seen in keras-nightly 3.16.0.dev) a training argument passed explicitly to a layer "
+    "while building a Functional model wins over the outer flag again, as in Keras 2"
+)
 HARDCODED_KERAS3_FUNCTIONAL = (
     "Keras 3's Functional model passes an explicit outer training flag (predict/evaluate pass False) "
     "to every layer, overriding the flag baked into the graph; only model(x) (training=None) keeps it"
@@ -116,6 +126,7 @@ CLAIMS: tuple[Claim, ...] = (
         "trainable",
         note="case recompile=no holds if fit() still changes gamma of the frozen layer; "
         "recompile=yes holds if it no longer does",
+        advice="after changing `trainable`, compile again before fit()",
     ),
     Claim(
         "K07",
@@ -169,6 +180,7 @@ CLAIMS: tuple[Claim, ...] = (
         "study notebook",
         expected=(Expect(REFUTED, why="inference never updates moving statistics; the notebook saw the "
                          "updates of the layers it had hard-coded with training=True"),),
+        advice="don't expect predict() or model(x) to adapt the moving statistics to new data; to re-estimate them, run training-mode passes (or bnspec.popstats.recompute) with frozen weights",
     ),
     Claim(
         "N03",
@@ -178,6 +190,7 @@ CLAIMS: tuple[Claim, ...] = (
         "study notebook",
         expected=(Expect(REFUTED, why="trainable=False forces inference mode even over a hard-coded "
                          "training=True (TF >= 2.0 behaviour of BatchNormalization)"),),
+        advice="trainable=False on a BN layer freezes it completely, mode included; if single-example predictions collapse, look for a hard-coded training=True, not for trainable",
     ),
     Claim(
         "N04",
@@ -194,10 +207,12 @@ CLAIMS: tuple[Claim, ...] = (
         "study notebook",
         expected=(
             Expect(HOLDS, flavour="tfkeras", why="Keras 2: an explicit call argument beats the framework's flag"),
+            Expect(HOLDS, flavour="keras3", versions=KERAS316, why=HARDCODED_KERAS316),
             Expect(HOLDS, flavour="keras3", case="kind=subclassed", why="the flag is inside call(), out of reach"),
             Expect(HOLDS, flavour="keras3", case="entry=call", why="model(x) passes training=None"),
             Expect(REFUTED, flavour="keras3", why=HARDCODED_KERAS3_FUNCTIONAL),
         ),
+        advice="never pass training=True to a BN layer when you build a model; whether predict() obeys it depends on the Keras version and on the model kind",
     ),
     Claim(
         "N06",
@@ -205,6 +220,202 @@ CLAIMS: tuple[Claim, ...] = (
         f"{PAPER} §3.1 (needs m > 1); {NB} cells 352-398",
         "batch size",
         note="'equals' means within the float32 bound |x|*|gamma|/sqrt(eps)*2^-22",
+    ),
+    # ------------------------------------------------------------------ Keras documentation, more
+    Claim(
+        "K08",
+        "A new BN layer starts with gamma = 1, beta = 0, moving mean = 0 and moving variance = 1, and "
+        "defaults to momentum 0.99 and epsilon 1e-3.",
+        f"{KD} (constructor defaults)",
+        "Keras API",
+    ),
+    Claim(
+        "K09",
+        "Under the mixed_float16 policy BN keeps float32 variables and computes in float32, returning "
+        "float16: the output is the float32 result rounded once to float16.",
+        "Keras mixed-precision guide; BatchNormalization source (autocast of the computation)",
+        "Keras API",
+        note="inputs with mean 200 make sum(x^2) overflow float16 (> 65504): a float16 computation "
+        "would give inf/NaN",
+    ),
+    Claim(
+        "K10",
+        "A mask excludes the masked time steps from the batch mean and variance in training mode.",
+        f"{KD} (call argument `mask`)",
+        "Keras API",
+    ),
+    Claim(
+        "K11",
+        "synchronized=True on a single replica gives the same outputs and moving statistics as plain BN.",
+        f"{KD} (argument `synchronized`)",
+        "Keras API",
+    ),
+    Claim(
+        "K12",
+        "With renorm=True, inference uses the moving statistics exactly like plain BN: same weights "
+        "give the same inference output.",
+        f"{KD} (argument `renorm`); Ioffe 2017, Batch Renormalization",
+        "Keras API",
+    ),
+    Claim(
+        "K13",
+        "get_config()/from_config() rebuilds an equivalent layer: same configuration, and with the "
+        "weights copied the same outputs in both modes.",
+        "Keras docs, Layer.get_config / serialization guide",
+        "serialization",
+    ),
+    Claim(
+        "K14",
+        "Saving a model to .keras and loading it back keeps the moving statistics and the behaviour, "
+        "including a hard-coded training=True.",
+        "Keras docs, Model.save / keras.saving.load_model",
+        "serialization",
+    ),
+    Claim(
+        "K15",
+        "`axis` names the feature axis: BN normalises over every other axis (axis=-1 for NHWC and "
+        "dense inputs, axis=1 for NCHW).",
+        f"{KD} (argument `axis`)",
+        "Keras API",
+    ),
+    # ------------------------------------------------------------------ the paper
+    Claim(
+        "P01",
+        "Before gamma/beta, the normalised activations of a training batch have mean 0 and variance "
+        "sigma^2/(sigma^2+eps) per feature (exactly 1 only when eps = 0).",
+        f"{PAPER} §3 ('normalized to have zero mean and unit variance'), Algorithm 1",
+        "the paper",
+    ),
+    Claim(
+        "P02",
+        "A training batch of two maps its examples to beta +/- gamma*s/sqrt(s^2+eps), s = |x1-x2|/2: the "
+        "output carries only the sign of the difference.",
+        f"{PAPER} §3.1 (normalization needs m > 1)",
+        "batch size",
+    ),
+    Claim(
+        "P03",
+        "On a stationary stream of batches of m = 60, Algorithm 2's population variance is m/(m-1) = "
+        "60/59 times Keras' moving variance, which converges to the biased estimate.",
+        f"{PAPER} Algorithm 2 step 10; {KD} (update rule)",
+        "the paper",
+    ),
+    Claim(
+        "P04",
+        "In inference BN is one affine map per feature, so it can be folded into the preceding Dense "
+        "layer (W*a, b*a + c) with the same logits.",
+        f"{PAPER} §3.1 ('a simple linear transform'), Algorithm 2 step 11",
+        "the paper",
+    ),
+    Claim(
+        "P05",
+        "BN((aW)u) = BN(Wu) for a scalar a > 0 (training mode), to the closed-form error "
+        "eps*(1-1/a^2)/(2*sigma^2) that eps > 0 introduces.",
+        f"{PAPER} §3.3",
+        "the paper",
+    ),
+    Claim(
+        "P06",
+        "Scaling the weights by a leaves the gradient w.r.t. the layer input unchanged and scales the "
+        "gradient w.r.t. the weights by 1/a.",
+        f"{PAPER} §3.3 (d BN((aW)u)/du = d BN(Wu)/du, d/d(aW) = 1/a * d/dW)",
+        "the paper",
+    ),
+    # ------------------------------------------------------------------ practice and later literature
+    Claim(
+        "L01",
+        "In inference mode an example's output does not depend on the other examples in its batch; in "
+        "training mode it does.",
+        f"{PAPER} §3.1; {PRECISE} §2",
+        "batch size",
+    ),
+    Claim(
+        "L02",
+        "Frozen-BN fine-tuning: with every BN layer set trainable=False, fit() changes the kernels but "
+        "not the moving statistics, gamma or beta.",
+        "Keras transfer-learning guide ('BatchNormalization layer ... trainable = False')",
+        "trainable",
+        note="freeze=after_fit_no_recompile sets trainable=False after a first fit() and does not compile again",
+        expected=(
+            Expect(REFUTED, case="freeze=after_fit_no_recompile",
+                   why="the training step traced by the first fit() keeps updating gamma, beta and the moving "
+                   "statistics until compile() is called again"),
+            Expect(HOLDS),
+        ),
+        advice="after changing `trainable`, call compile() again before fit(); otherwise the frozen BN layers "
+        "keep training and their moving statistics drift",
+    ),
+    Claim(
+        "L03",
+        "Population statistics recomputed over the training set with frozen weights (PreciseBN) give a "
+        "test loss no worse than the EMA moving statistics.",
+        f"{PRECISE} §3 (PreciseBN); {PAPER} Algorithm 2",
+        "the paper",
+        note="'no worse' = the loss difference is below 2 standard errors of the paired per-example "
+        "difference over the 10,000 test images",
+        advice="after training (especially with a large momentum or few steps), recomputing the BN statistics over a few hundred training batches with frozen weights is cheap and can lower the test loss",
+    ),
+    Claim(
+        "L04",
+        "The train-inference gap (test loss with batch statistics minus loss with moving statistics) "
+        "grows as the batch used for the statistics shrinks (600, 60, 8, 2).",
+        f"{PRECISE} §4 (small batches); {NB} cells 329-332 (batches of 5, 3, 2, 1)",
+        "batch size",
+        advice="batch statistics from small batches are noisy; keep training batches of BN models at dozens of examples or use moving statistics",
+    ),
+    # ------------------------------------------------------------------ cross-framework conventions
+    Claim(
+        "X01",
+        "PyTorch's momentum 0.1 is Keras' momentum 0.9: fed the same batches, both give the same "
+        "running mean.",
+        f"{TORCH} (running = (1-momentum)*running + momentum*batch); {KD}",
+        "conventions",
+    ),
+    Claim(
+        "X02",
+        "PyTorch tracks the unbiased batch variance, Keras the biased one: on the same stream the "
+        "running variances differ by the factor m/(m-1).",
+        f"{TORCH} ('unbiased estimator' for running_var); {KD}",
+        "conventions",
+    ),
+    Claim(
+        "X03",
+        "A Keras BN state converted with bnspec.convert.keras_to_torch (eps 1e-3 -> 1e-5) gives the same "
+        "inference output under PyTorch's formula as the Keras layer.",
+        f"{TORCH}; {KD}; bnspec.convert",
+        "conventions",
+    ),
+    Claim(
+        "X04",
+        "torch.nn.BatchNorm1d loaded with the converted state reproduces the Keras layer's inference "
+        "output (runs only where torch is installed).",
+        f"{TORCH}",
+        "conventions",
+    ),
+    # ------------------------------------------------------------------ the notebook, more
+    Claim(
+        "N07",
+        "For the notebook's model, a single example gives the same output with model(x, training=True) "
+        "and model(x, training=False).",
+        f"{NB} cells 120-122 ('No change in model output between training = True and False')",
+        "study notebook",
+        expected=(
+            Expect(HOLDS, flavour="tfkeras", why="the hard-coded layers stay in training mode and output beta"),
+            Expect(HOLDS, flavour="keras3", versions=KERAS316, why=HARDCODED_KERAS316),
+            Expect(HOLDS, flavour="keras3", case="kind=subclassed", why="the flag is inside call(), out of reach"),
+            Expect(REFUTED, flavour="keras3", why=HARDCODED_KERAS3_FUNCTIONAL),
+        ),
+        advice="if model(x, training=True) and model(x, training=False) agree on a single example, a BN layer downstream is stuck in training mode",
+    ),
+    Claim(
+        "N08",
+        "A BN layer object can be used only once: every position in the network needs a new layer.",
+        f"{NB} cell 51 (comment above the bn_layer helper)",
+        "study notebook",
+        expected=(Expect(REFUTED, why="a layer object can be called on several tensors; the calls then "
+                         "share one set of gamma/beta/moving statistics"),),
+        advice="calling one BN layer twice is legal but shares its statistics between the two places; "
+        "create one layer per position",
     ),
 )
 

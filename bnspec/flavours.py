@@ -1,11 +1,17 @@
 """Which Keras is under test, and the one place that imports it.
 
-Two flavours ship with today's TensorFlow:
-  keras3   the `keras` package (default since TF 2.16)
-  tfkeras  legacy Keras 2, the `tf_keras` package, selected with TF_USE_LEGACY_KERAS=1
+Three flavours:
+  keras3         the `keras` release (default Keras of TF >= 2.16)
+  tfkeras        legacy Keras 2, the `tf_keras` package, selected with TF_USE_LEGACY_KERAS=1
+  keras-nightly  the `keras-nightly` package (module `keras`) over the same TensorFlow, so that
+                 BN behaviour changes show up before they are released
 
 A process tests one flavour, chosen before TensorFlow is imported: BNSPEC_FLAVOUR if set,
-else `tfkeras` when TF_USE_LEGACY_KERAS is truthy, else `keras3`.
+else `tfkeras` when TF_USE_LEGACY_KERAS is truthy, else `keras-nightly` when that distribution
+is installed and the `keras` release is not, else `keras3`.
+
+keras-nightly belongs to the keras3 *family*: an expected verdict written for keras3 applies to it
+unless a rule names keras-nightly or a version range (e.g. ">=3.16") that says otherwise.
 """
 
 from __future__ import annotations
@@ -16,10 +22,17 @@ import os
 
 from bnspec import BnspecError
 
-FLAVOURS = ("keras3", "tfkeras")
+FLAVOURS = ("keras3", "tfkeras", "keras-nightly")
+FAMILY = {"keras3": "keras3", "keras-nightly": "keras3", "tfkeras": "tfkeras"}
 # The distribution whose version an expected-verdict range refers to, per flavour.
-DISTRIBUTION = {"keras3": ("keras", "keras-nightly"), "tfkeras": ("tf-keras", "tf_keras")}
-MODULE = {"keras3": "keras", "tfkeras": "tf_keras"}
+DISTRIBUTION = {"keras3": ("keras",), "keras-nightly": ("keras-nightly",), "tfkeras": ("tf-keras", "tf_keras")}
+MODULE = {"keras3": "keras", "tfkeras": "tf_keras", "keras-nightly": "keras"}
+TOX_ENV = {"keras3": "keras3", "tfkeras": "tfkeras", "keras-nightly": "keras-nightly"}
+FLAVOUR_HINT = {
+    "keras3": "pip install -e '.[cpu]' (and uninstall keras-nightly if present)",
+    "tfkeras": "pip install -e '.[tfkeras]' (tf-keras needs the `tensorflow` distribution, not tensorflow-cpu)",
+    "keras-nightly": "pip uninstall keras; pip install --no-deps keras-nightly (or: tox -e keras-nightly)",
+}
 INSTALL_HINT = (
     "TensorFlow is not installed: install bnspec with an extra, "
     "e.g. pip install -e '.[cpu]' (CPU), '.[gpu]' (CUDA) or '.[tfkeras]' (legacy Keras 2)"
@@ -31,7 +44,10 @@ def current() -> str:
     name = os.environ.get("BNSPEC_FLAVOUR")
     if not name:
         legacy = os.environ.get("TF_USE_LEGACY_KERAS", "").lower() in ("1", "true", "yes")
-        return "tfkeras" if legacy else "keras3"
+        if legacy:
+            return "tfkeras"
+        nightly_only = _distribution_version("keras-nightly") and not _distribution_version("keras3")
+        return "keras-nightly" if nightly_only else "keras3"
     if name not in FLAVOURS:
         raise BnspecError(f"unknown flavour {name!r} in BNSPEC_FLAVOUR; choose one of {', '.join(FLAVOURS)}")
     return name
@@ -68,13 +84,19 @@ def keras_module(flavour: str | None = None):
         importlib.import_module("tensorflow")
     except ImportError as exc:
         raise BnspecError(INSTALL_HINT) from exc
+    if _distribution_version(flavour) is None:
+        raise BnspecError(f"flavour {flavour!r} is not installed: {FLAVOUR_HINT[flavour]}")
     try:
-        return importlib.import_module(MODULE[flavour])
+        module = importlib.import_module(MODULE[flavour])
     except ImportError as exc:
+        raise BnspecError(f"flavour {flavour!r} needs the module {MODULE[flavour]!r}: {FLAVOUR_HINT[flavour]}") from exc
+    expected = _distribution_version(flavour)
+    if MODULE[flavour] == "keras" and getattr(module, "__version__", expected) != expected:
+        # keras and keras-nightly both install the module `keras`; the files are the last install's
         raise BnspecError(
-            f"flavour {flavour!r} needs the module {MODULE[flavour]!r}, which is not installed"
-            + ("; pip install -e '.[tfkeras]'" if flavour == "tfkeras" else "")
-        ) from exc
+            f"flavour {flavour!r} expects keras {expected}, but the importable keras module is "
+            f"{module.__version__}: {FLAVOUR_HINT[flavour]}")
+    return module
 
 
 def tensorflow():

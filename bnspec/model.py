@@ -19,7 +19,7 @@ from bnspec import flavours
 
 # The notebook hard-coded training=True on its 2nd and 3rd BN layers (0-based 1 and 2), not the 1st.
 NOTEBOOK_HARDCODED_LAYERS = (1, 2)
-KINDS = ("functional", "subclassed")
+KINDS = ("functional", "sequential", "subclassed")
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,7 @@ class ModelSpec:
     batchnorm: bool = True
     bn_kwargs: tuple[tuple[str, object], ...] = (("momentum", 0.99), ("epsilon", 1e-3))
     hardcoded_training: bool = False
-    kind: str = "functional"  # functional | subclassed
+    kind: str = "functional"  # functional | sequential | subclassed
     hidden: tuple[int, ...] = (100, 100, 100)
     seed: int = 100
 
@@ -39,6 +39,8 @@ class ModelSpec:
             raise ValueError(f"kind must be one of {KINDS}, not {self.kind!r}")
         if self.hardcoded_training and not self.batchnorm:
             raise ValueError("hardcoded_training needs batchnorm=True")
+        if self.hardcoded_training and self.kind == "sequential":
+            raise ValueError("a Sequential model cannot pass training=True to one layer; use functional or subclassed")
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -89,6 +91,9 @@ def build(spec: ModelSpec = ModelSpec(), keras=None):
     if spec.kind == "functional":
         inputs = keras.Input(shape=(784,), name="pixels")
         return keras.Model(inputs, _apply(spec, blocks, head, inputs), name="bn_mlp")
+    if spec.kind == "sequential":
+        layers = [layer for block in blocks for layer in block if layer is not None] + [head]
+        return keras.Sequential([keras.Input(shape=(784,), name="pixels")] + layers, name="bn_mlp_sequential")
 
     class BNMLP(keras.Model):
         def __init__(self):

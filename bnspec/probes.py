@@ -29,12 +29,19 @@ def randomise_bn(layer, rng: np.random.Generator) -> None:
     layer.moving_variance.assign(rng.uniform(0.5, 4.0, n).astype(np.float32))
 
 
-def make_bn(keras, units: int, rng: np.random.Generator, **kwargs):
-    """A built BatchNormalization layer on `units` features with randomised state."""
+def make_bn(keras, units: int, rng: np.random.Generator, input_shape=None, **kwargs):
+    """A built BatchNormalization layer on `units` features (or on `input_shape`, batch axis
+    included) with randomised state."""
     layer = keras.layers.BatchNormalization(**kwargs)
-    layer.build((None, units))
+    layer.build(tuple(input_shape) if input_shape else (None, units))
     randomise_bn(layer, rng)
     return layer
+
+
+def set_bn_state(layer, state: dict) -> None:
+    """Assign {gamma, beta, mean, var} (numpy) to a built BN layer."""
+    for name, attr in (("gamma", "gamma"), ("beta", "beta"), ("mean", "moving_mean"), ("var", "moving_variance")):
+        getattr(layer, attr).assign(np.asarray(state[name], np.float32))
 
 
 def snapshot(model) -> dict[str, np.ndarray]:

@@ -57,6 +57,19 @@ def ema(moving, batch_value, momentum: float):
     return np.asarray(moving, np.float64) * momentum + np.asarray(batch_value, np.float64) * (1.0 - momentum)
 
 
+def ema_bounds(x, old_mean, old_var, momentum: float, axis: int = -1):
+    """Worst-case float32 error of one moving-statistics update on batch x: ~4 roundings of the EMA
+    terms, plus the batch statistics' reduction error times (1 - momentum)."""
+    x = np.asarray(x, np.float64)
+    axes = _axes(x, axis)
+    n = x.size // x.shape[axis % x.ndim]
+    mean, var = batch_stats(x, axis)
+    ax = np.abs(x)
+    b_mean = 4 * U32 * (np.abs(old_mean) + np.abs(mean)) + (1 - momentum) * n * U32 * ax.mean(axis=axes)
+    b_var = 4 * U32 * (np.abs(old_var) + var) + (1 - momentum) * 2 * (n + 2) * U32 * (ax**2).mean(axis=axes)
+    return b_mean, b_var
+
+
 def bn_bound(x, gamma, beta, mean, var, eps: float, axis: int = -1, n_reduce: int = 0) -> np.ndarray:
     """Elementwise worst-case |float32 BN - exact BN| (see module doc).
 
@@ -108,7 +121,8 @@ def mlp_inference(x, layers, activation: str = "tanh"):
     rounding-error bound for a whole network.
 
     `layers` is a list of dicts in model order: {"kernel", "bias"} for Dense and
-    {"gamma", "beta", "mean", "var", "eps"} for BN (the activation follows each BN).
+    {"gamma", "beta", "mean", "var", "eps"} for BN (the activation follows each BN; in a network
+    without BN it follows each Dense but the last).
 
     A worst-case bound compounds |W|^T through every layer and grows far beyond the errors seen in
     practice (it assumes every rounding error has the sign of its weight). Here rounding errors are
@@ -120,13 +134,17 @@ def mlp_inference(x, layers, activation: str = "tanh"):
     act = np.tanh if activation == "tanh" else (lambda z: 1.0 / (1.0 + np.exp(-z)))
     h = np.asarray(x, dtype=np.float64)
     var = np.zeros_like(h)  # variance of the accumulated float32 error
-    for layer in layers:
+    plain = not any("gamma" in layer for layer in layers)  # no BN: the activation follows each hidden Dense
+    for i, layer in enumerate(layers):
         if "kernel" in layer:
             w, bias = np.asarray(layer["kernel"], np.float64), np.asarray(layer["bias"], np.float64)
             k = w.shape[0]
             own = np.sqrt(k) * U32 * (np.abs(h) @ np.abs(w) + np.abs(bias))
             var = var @ (w**2) + own**2
             h = h @ w + bias
+            if plain and i < len(layers) - 1:
+                h = act(h)
+                var = var + (U32 * np.abs(h)) ** 2
         else:
             g, be, m, v, eps = (layer[n] for n in ("gamma", "beta", "mean", "var", "eps"))
             inv = np.abs(np.asarray(g, np.float64)) / np.sqrt(np.asarray(v, np.float64) + eps)
@@ -140,3 +158,58 @@ def softmax_cross_entropy(logits, onehot) -> np.ndarray:
     z = np.asarray(logits, np.float64)
     z = z - z.max(axis=1, keepdims=True)
     return -(np.asarray(onehot, np.float64) * (z - np.log(np.exp(z).sum(axis=1, keepdims=True)))).sum(axis=1)
+
+
+# --------------------------------------------------------------------------- backward pass (Algorithm 1)
+
+
+def bn_backward(dy, x, gamma, eps: float, axis: int = -1) -> dict[str, np.ndarray]:
+    """The paper's chain rule for training-mode BN (Ioffe & Szegedy 2015, §3, after Algorithm 1),
+    term by term, in float64. Sums run over the m elements that share a feature (every axis but
+    `axis`). Returns dl/dx_hat, dl/dvar, dl/dmean, dl/dx, dl/dgamma, dl/dbeta."""
+    x = np.asarray(x, np.float64)
+    dy = np.asarray(dy, np.float64)
+    axes = _axes(x, axis)
+    m = x.size // x.shape[axis % x.ndim]
+    b = lambda v: _bcast(v, x, axis)  # noqa: E731
+    mean, var = batch_stats(x, axis)
+    xc = x - b(mean)
+    std = np.sqrt(b(var) + eps)
+    x_hat = xc / std
+    d_xhat = dy * b(gamma)
+    d_var = (d_xhat * xc).sum(axis=axes) * -0.5 * (var + eps) ** -1.5
+    d_mean = (d_xhat * -1.0 / std).sum(axis=axes) + d_var * (-2.0 * xc).sum(axis=axes) / m
+    d_x = d_xhat / std + b(d_var) * 2.0 * xc / m + b(d_mean) / m
+    return {"x_hat": d_xhat, "var": d_var, "mean": d_mean, "x": d_x,
+            "gamma": (dy * x_hat).sum(axis=axes), "beta": dy.sum(axis=axes)}
+
+
+# --------------------------------------------------------------------------- population statistics
+
+
+def population_stats(batches, axis: int = -1, unbiased: bool = True):
+    """Algorithm 2, steps 8-10: E[x] = mean of the batch means; Var[x] = m/(m-1) * mean of the biased
+    batch variances (each batch weighs the same; m = elements per feature in a batch)."""
+    stats = [batch_stats(b, axis) for b in batches]
+    first = np.asarray(batches[0])
+    m = first.size // first.shape[axis % first.ndim]
+    mean = np.mean([s[0] for s in stats], axis=0)
+    var = np.mean([s[1] for s in stats], axis=0)
+    return mean, var * (m / (m - 1) if unbiased else 1.0)
+
+
+def ema_stream(batches, momentum: float, init_mean=0.0, init_var=1.0, axis: int = -1):
+    """Keras' moving statistics after a stream of training-mode batches (biased batch variance)."""
+    mean, var = np.float64(init_mean), np.float64(init_var)
+    for b in batches:
+        bm, bv = batch_stats(b, axis)
+        mean, var = ema(mean, bm, momentum), ema(var, bv, momentum)
+    return mean, var
+
+
+def fold_into_dense(kernel, bias, gamma, beta, mean, var, eps: float):
+    """§3.1: inference BN is one affine map y = a*z + c with a = gamma/sqrt(var+eps) and
+    c = beta - a*mean, so Dense(z = xW + b) followed by BN is the Dense layer (W*a, b*a + c)."""
+    a = np.asarray(gamma, np.float64) / np.sqrt(np.asarray(var, np.float64) + eps)
+    c = np.asarray(beta, np.float64) - a * np.asarray(mean, np.float64)
+    return np.asarray(kernel, np.float64) * a, np.asarray(bias, np.float64) * a + c

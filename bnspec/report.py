@@ -137,25 +137,24 @@ def render(docs: list[dict]) -> str:
             f"{counts[k]} {k}" for k in order if counts[k]))
     lines.append("")
 
-    lines += ["## Claims", ""]
+    lines += _surprises(sums, docs)
+
+    lines += ["## Claims", "",
+              "Per flavour: the observed verdict, ✓ when it is the expected one, and the test cases that "
+              "passed. Evidence per case is at the end.", ""]
     by_topic = defaultdict(list)
     for c in claims.CLAIMS:
         by_topic[c.topic].append(c)
     for topic, cs in by_topic.items():
         lines += [f"### {topic}", ""]
-        headers = ["id", "claim", "source"]
-        for f in flavs:
-            headers += [f"{f}: expected", f"{f}: observed", f"{f}: tests"]
-        headers += ["key evidence"]
+        headers = ["id", "claim", "source"] + [_flavour_label(d) for d in docs] + ["key evidence"]
         rows = []
         for c in cs:
             row = [c.id, _esc(c.statement), _esc(c.source)]
             evidence = []
             for f in flavs:
                 s = sums[f][c.id]
-                mark = "" if s["status"] == OK else f" **{s['status']}**"
-                row += [_esc(s["expected"]), _esc(s["observed"]) + mark,
-                        f"{s['passed']}/{s['total']}" + (f" (+{s['skipped']} skipped)" if s["skipped"] else "")]
+                row.append(_cell(s))
                 if s["headline"]:
                     evidence.append((f"{f}: " if len(flavs) > 1 else "") + s["headline"])
             row.append(_esc(" · ".join(evidence)))
@@ -204,6 +203,52 @@ def render(docs: list[dict]) -> str:
                                   tablefmt="github"))
             lines += ["", "</details>", ""]
     return "\n".join(lines)
+
+
+def _flavour_label(doc: dict) -> str:
+    return f"{doc['flavour']} ({doc['environment'].get('keras')})"
+
+
+def _cell(s: dict) -> str:
+    tests = f"{s['passed']}/{s['total']}" + (f", {s['skipped']} skipped" if s["skipped"] else "")
+    if s["status"] in (NOT_RUN, SKIPPED):
+        return s["status"] + (f" ({tests})" if s["status"] == SKIPPED else "")
+    if s["status"] == OK:
+        return f"{_esc(s['observed'])} ✓ ({tests})"
+    return f"**{s['status']}**: expected {_esc(s['expected'])}, observed {_esc(s['observed'])} ({tests})"
+
+
+def _surprises(sums: dict, docs: list[dict]) -> list[str]:
+    """Claims whose verdict differs between flavours, or that do not hold somewhere: the things a
+    practitioner would not guess from the documentation or from the study notebook."""
+    flavs = [d["flavour"] for d in docs]
+    labels = {d["flavour"]: _flavour_label(d) for d in docs}
+    out = []
+    for c in claims.CLAIMS:
+        observed = {f: sums[f][c.id]["observed"] for f in flavs if sums[f][c.id]["observed"] != NOT_RUN}
+        if not observed or (set(observed.values()) == {claims.HOLDS}):
+            continue
+        differs = len(set(observed.values())) > 1
+        out.append(f"- **{c.id}** ({c.source}): *{c.statement}*")
+        for f, obs in observed.items():
+            s = sums[f][c.id]
+            whys = sorted({t.get("expected_why") for t in s["tests"]
+                           if t.get("expected_why") and t.get("observed") == claims.REFUTED})
+            text = f"  - {labels[f]}: **{obs}**" + (f" — {whys[0]}" if whys else "")
+            out.append(text)
+        headline = next((sums[f][c.id]["headline"] for f in observed if sums[f][c.id]["headline"]), "")
+        if headline:
+            out.append(f"  - measured: {headline}")
+        if c.advice:
+            out.append(f"  - what to do: {c.advice}")
+        if differs:
+            out[-1 - (1 if c.advice else 0) - (1 if headline else 0) - len(observed)] += " — *differs between flavours*"
+    if not out:
+        return []
+    return ["## What surprised us", "",
+            "Claims that are false on at least one Keras, or whose verdict changes between flavours and "
+            "versions. The study notebook (TF 2.1) is a source for several: what it concluded then is not "
+            "always what today's Keras does.", ""] + out + [""]
 
 
 def _fmt(v) -> str:

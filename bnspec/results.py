@@ -54,8 +54,11 @@ def load(path: Path) -> dict:
 
 
 def load_dir(directory: Path) -> list[dict]:
-    """All flavour results in `directory` (one <flavour>.json each), sorted by flavour."""
+    """All flavour results in `directory` (one <flavour>.json each), in bnspec.flavours.FLAVOURS order."""
     files = sorted(Path(directory).glob("*.json"))
     if not files:
         raise ResultsError(f"{directory}: no results files; run the tests first (bnspec run)")
-    return sorted((load(f) for f in files), key=lambda d: d["flavour"])
+    from bnspec.flavours import FLAVOURS
+
+    order = {f: i for i, f in enumerate(FLAVOURS)}
+    return sorted((load(f) for f in files), key=lambda d: (order.get(d["flavour"], len(order)), d["flavour"]))

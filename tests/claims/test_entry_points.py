@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from bnspec import probes, reference
-from bnspec.model import ModelSpec, bn_layers, build, compile_model
+from bnspec.model import KINDS, ModelSpec, bn_layers, build, compile_model
 
 BATCH = 60
 
@@ -33,7 +33,7 @@ def _run(model, entry, x, y):
 
 
 @pytest.mark.claim("M01")
-@pytest.mark.parametrize("kind", ["functional", "subclassed"])
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("entry", probes.INFERENCE_ENTRIES)
 def test_inference_entry_points_change_nothing(verdict, keras, rng, batch, entry, kind):
     _, delta = _run(_model(keras, rng, kind=kind), entry, *batch)
@@ -44,7 +44,7 @@ def test_inference_entry_points_change_nothing(verdict, keras, rng, batch, entry
 
 
 @pytest.mark.claim("M02")
-@pytest.mark.parametrize("kind", ["functional", "subclassed"])
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("entry", probes.TRAINING_ENTRIES)
 def test_training_entry_points_change_state(verdict, keras, rng, batch, entry, kind):
     _, delta = _run(_model(keras, rng, kind=kind), entry, *batch)
@@ -128,3 +128,19 @@ def test_hardcoded_training_flag_wins(verdict, keras, rng, batch, entry, kind):
         summary += (f"; 10 single examples -> {evidence['distinct_classes']} class(es), "
                     f"logit spread {evidence['logit_spread_over_10_single_examples']:.2e} (collapse bound {bound.max():.1e})")
     verdict.conclude(training_mode and collapsed, summary)
+
+
+@pytest.mark.claim("N07")
+@pytest.mark.parametrize("kind", ["functional", "subclassed"])
+def test_hardcoded_model_ignores_training_argument(verdict, keras, rng, batch, kind):
+    model = _model(keras, rng, kind=kind, hardcoded_training=True)
+    bound = probes.collapse_bound(model)  # the hard-coded last BN layer makes every single example ~beta
+    x = batch[0]
+    worst = 0.0
+    for i in range(10):
+        on = np.asarray(model(x[i : i + 1], training=True), np.float64)
+        off = np.asarray(model(x[i : i + 1], training=False), np.float64)
+        worst = max(worst, float((np.abs(on - off) / bound).max()))
+    verdict.record(worst_diff_over_collapse_bound=worst, collapse_bound=bound.max())
+    verdict.conclude(worst <= 1.0, f"{kind}: model(x, training=True) vs training=False on single examples differ by "
+                                   f"{worst:.3g} x the collapse bound ({bound.max():.1e})")

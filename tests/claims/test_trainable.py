@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from bnspec import probes, reference
-from bnspec.model import ModelSpec, bn_layers, build, compile_model
+from bnspec.model import KINDS, ModelSpec, bn_layers, build, compile_model
 
 
 @pytest.mark.claim("K04")
@@ -68,7 +68,7 @@ def test_trainable_change_needs_recompile(verdict, keras, rng, recompile):
 
 
 @pytest.mark.claim("K07")
-@pytest.mark.parametrize("kind", ["functional", "subclassed"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_bn_parameter_count(verdict, keras, kind):
     layers = bn_layers(build(ModelSpec(kind=kind), keras))
     counts = [(layer.count_params(), sum(int(np.prod(w.shape)) for w in layer.trainable_weights)) for layer in layers]

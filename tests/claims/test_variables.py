@@ -20,3 +20,28 @@ def test_list_copy_aliases_numpy_snapshots(verdict, keras, rng):
     verdict.conclude(aliased and copy_followed == 0.0 and snapshot_kept > 0,
                      f"list.copy() holds the same variables ({aliased}); the .numpy() snapshot differs from "
                      f"the updated moving mean by {snapshot_kept:.2e}")
+
+
+@pytest.mark.claim("N08")
+def test_one_bn_layer_object_in_two_places(verdict, keras, rng):
+    shared = keras.layers.BatchNormalization(name="shared_bn")
+    inputs = keras.Input(shape=(784,))
+    h = keras.layers.Activation("tanh")(shared(keras.layers.Dense(100)(inputs)))
+    error = ""
+    try:
+        h = keras.layers.Activation("tanh")(shared(keras.layers.Dense(100)(h)))  # the same object again
+        model = keras.Model(inputs, keras.layers.Dense(10)(h))
+        x = rng.normal(0, 1, (60, 784)).astype(np.float32)
+        model(x, training=True)
+        bn_vars = [w for w in model.weights if "shared_bn" in (getattr(w, "path", None) or w.name)]
+        n_vars, n_calls = len(bn_vars), len(getattr(shared, "_inbound_nodes", [])) or 2
+    except Exception as exc:  # the claim would hold: the second use is rejected
+        error, n_vars, n_calls = f"{type(exc).__name__}: {exc}"[:200], 0, 1
+    try:  # a different feature size cannot share gamma/beta
+        shared(keras.layers.Dense(50)(inputs))
+        other_width = "accepted"
+    except Exception as exc:
+        other_width = type(exc).__name__
+    verdict.record(second_use_error=error, shared_bn_variables=n_vars, different_width=other_width)
+    verdict.conclude(bool(error), f"a second call of the same BN object {'failed: ' + error if error else 'worked'}; "
+                                  f"the model holds {n_vars} variables for it (shared); on 50 features: {other_width}")
