@@ -244,6 +244,8 @@ def pytest_sessionfinish(session, exitstatus):
     config = session.config
     if _is_worker(config) or not config._bnspec_tests:
         return
+    if not any(t["claim"] for t in config._bnspec_tests.values()) and not config.getoption("--bnspec-results"):
+        return  # only bnspec's own tests ran: keep the last claim run's results
     flavour = flavours.current()
     target = config.getoption("--bnspec-results") or Path(config.rootpath) / "reports" / "raw" / f"{flavour}.json"
     finished = time.time()

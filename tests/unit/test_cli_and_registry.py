@@ -56,4 +56,26 @@ def test_every_claim_has_a_test_and_every_mark_a_claim():
 def test_every_claim_has_an_expectation_on_every_flavour(flavour):
     for c in claims.CLAIMS:
         for params in ({}, {"kind": "functional", "entry": "predict"}, {"kind": "subclassed", "entry": "call"}):
-            assert c.expectation(flavour, "3.15.1" if flavour == "keras3" else "2.21.0", params).verdict in claims.VERDICTS
+            version = {"keras3": "3.15.1", "tfkeras": "2.21.0", "keras-nightly": "3.16.0.dev2026102704"}[flavour]
+            assert c.expectation(flavour, version, params).verdict in claims.VERDICTS
+
+
+@pytest.mark.parametrize("flavour, version, verdict", [
+    ("keras3", "3.15.1", "refuted"),  # Keras 3.15: predict() overrides the hard-coded flag
+    ("keras-nightly", "3.16.0.dev2026102704", "holds"),  # the version range >=3.16 applies to the nightly
+    ("keras3", "3.16.0", "holds"),
+    ("tfkeras", "2.21.0", "holds"),
+])
+def test_expectations_follow_flavour_family_and_version(flavour, version, verdict):
+    params = {"kind": "functional", "entry": "predict"}
+    assert claims.get("N05").expectation(flavour, version, params).verdict == verdict
+
+
+def test_keras_nightly_is_detected_when_it_replaces_keras(monkeypatch):
+    monkeypatch.delenv("BNSPEC_FLAVOUR", raising=False)
+    monkeypatch.delenv("TF_USE_LEGACY_KERAS", raising=False)
+    installed = {"keras-nightly": "3.16.0.dev1"}
+    monkeypatch.setattr(flavours, "_distribution_version", lambda f: installed.get(flavours.DISTRIBUTION[f][0]))
+    assert flavours.current() == "keras-nightly"
+    installed["keras"] = "3.15.1"
+    assert flavours.current() == "keras3"

@@ -47,16 +47,28 @@ def test_statuses_are_derived_from_the_cases():
     assert "1 passed" in md  # bnspec's own tests
 
 
-def test_two_flavours_get_a_column_each(tmp_path):
+def test_each_flavour_gets_a_column_in_flavour_order(tmp_path):
     raw = tmp_path / "raw"
     raw.mkdir()
-    for flav, obs in (("keras3", "refuted"), ("tfkeras", "holds")):
+    for flav, obs in (("tfkeras", "holds"), ("keras-nightly", "holds"), ("keras3", "refuted")):
         (raw / f"{flav}.json").write_text(json.dumps(_doc([_test("t::n", "N05", "passed", obs, obs)], flav)))
     target = report.write(raw, tmp_path)
     md = target.read_text()
-    assert "keras3: observed" in md and "tfkeras: observed" in md
+    header = next(line for line in md.splitlines() if line.startswith("| id") and "keras3 (3.0)" in line)
+    assert header.index("keras3 (3.0)") < header.index("tfkeras (3.0)") < header.index("keras-nightly (3.0)")
     merged = json.loads((tmp_path / "results.json").read_text())
     assert merged["flavours"]["tfkeras"]["claims"]["N05"]["observed"] == "holds"
+
+
+def test_surprises_list_claims_that_differ_or_fail(tmp_path):
+    docs = [_doc([_test("t::n", "N05", "passed", "refuted", "refuted", "spread 0.26"),
+                  _test("t::k", "K01", "passed", "holds", "holds")], "keras3"),
+            _doc([_test("t::n", "N05", "passed", "holds", "holds"),
+                  _test("t::k", "K01", "passed", "holds", "holds")], "tfkeras")]
+    md = report.render(docs)
+    section = md.split("## What surprised us")[1].split("## Claims")[0]
+    assert "**N05**" in section and "differs between flavours" in section and "spread 0.26" in section
+    assert "**K01**" not in section  # holds everywhere: no surprise
 
 
 @pytest.mark.parametrize("content, message", [
