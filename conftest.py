@@ -69,6 +69,15 @@ def trained(keras):
     return training.trained()
 
 
+@pytest.fixture(scope="session")
+def trained_explicit(keras):
+    """The same model and training with bnspec.layers.ExplicitBatchNorm in place of Keras' layer."""
+    from bnspec import training
+    from bnspec.model import ModelSpec
+
+    return training.trained(ModelSpec(bn="explicit"))
+
+
 @pytest.fixture(autouse=True)
 def _record_model_cache(request):
     """Tell the results file whether this run trained the model or reused the cache."""

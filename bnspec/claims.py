@@ -77,6 +77,11 @@ HARDCODED_KERAS316 = (
     "from Keras 3.16 (seen in keras-nightly 3.16.0.dev) a training argument passed explicitly to a layer "
     "while building a Functional model wins over the outer flag again, as in Keras 2"
 )
+FUSED_UNBIASED = (
+    "tf_keras runs 4-D inputs through TensorFlow's fused batch-norm kernel, which normalises with the "
+    "biased variance but feeds the Bessel-corrected (unbiased, m/(m-1)) batch variance into the moving "
+    "variance"
+)
 HARDCODED_KERAS3_FUNCTIONAL = (
     "Keras 3's Functional model passes an explicit outer training flag (predict/evaluate pass False) "
     "to every layer, overriding the flag baked into the graph; only model(x) (training=None) keeps it"
@@ -278,6 +283,20 @@ CLAIMS: tuple[Claim, ...] = (
         f"{KD} (argument `axis`)",
         "Keras API",
     ),
+    Claim(
+        "K16",
+        "The moving variance tracks the biased (1/m) batch variance for every input rank: dense (2-D) and "
+        "convolutional (4-D, NHWC or NCHW) inputs alike.",
+        f"{KD} (moving_var = moving_var * momentum + var(batch) * (1 - momentum)); {PAPER} Algorithm 1",
+        "moving statistics",
+        expected=(
+            Expect(REFUTED, flavour="tfkeras", case="layout=nhwc_axis-1", why=FUSED_UNBIASED),
+            Expect(REFUTED, flavour="tfkeras", case="layout=nchw_axis1", why=FUSED_UNBIASED),
+            Expect(HOLDS),
+        ),
+        advice="moving variances of Keras 2 conv layers are already m/(m-1)-corrected while Keras 3's are not; "
+        "keep that in mind when porting weights between Keras 2, Keras 3 and PyTorch",
+    ),
     # ------------------------------------------------------------------ the paper
     Claim(
         "P01",
@@ -303,7 +322,7 @@ CLAIMS: tuple[Claim, ...] = (
     Claim(
         "P04",
         "In inference BN is one affine map per feature, so it can be folded into the preceding Dense "
-        "layer (W*a, b*a + c) with the same logits.",
+        "layer (W*a, b*a + c) with the same logits (Keras' layer and ExplicitBatchNorm).",
         f"{PAPER} §3.1 ('a simple linear transform'), Algorithm 2 step 11",
         "the paper",
     ),
@@ -416,6 +435,68 @@ CLAIMS: tuple[Claim, ...] = (
                          "share one set of gamma/beta/moving statistics"),),
         advice="calling one BN layer twice is legal but shares its statistics between the two places; "
         "create one layer per position",
+    ),
+    # ------------------------------------------------------------------ BN coded from the paper
+    Claim(
+        "E01",
+        "ExplicitBatchNorm (bnspec.layers, coded from Algorithm 1) gives the same forward output as Keras' "
+        "BatchNormalization and the numpy reference, in training mode, inference mode and when frozen.",
+        f"{PAPER} Algorithms 1-2; {KD}; bnspec.layers",
+        "BN from scratch",
+    ),
+    Claim(
+        "E02",
+        "The gradients w.r.t. the input, gamma and beta of ExplicitBatchNorm and of Keras' layer equal the "
+        "paper's chain-rule formulas (numpy reference).",
+        f"{PAPER} §3 (backpropagation formulas after Algorithm 1)",
+        "BN from scratch",
+    ),
+    Claim(
+        "E03",
+        "After N training-mode updates the moving statistics of ExplicitBatchNorm, of Keras' layer and of "
+        "the numpy EMA reference agree.",
+        f"{KD} (update rule); bnspec.layers",
+        "BN from scratch",
+        expected=(
+            Expect(REFUTED, flavour="tfkeras", case="shape=nhwc_axis-1", why=FUSED_UNBIASED),
+            Expect(REFUTED, flavour="tfkeras", case="shape=nchw_axis1", why=FUSED_UNBIASED),
+            Expect(HOLDS),
+        ),
+    ),
+    Claim(
+        "E04",
+        "The paper's backward formulas, used as a custom gradient (paper_gradient=True), equal automatic "
+        "differentiation of the explicit forward pass.",
+        f"{PAPER} §3",
+        "BN from scratch",
+    ),
+    Claim(
+        "E05",
+        "bnspec.popstats.recompute sets the moving statistics of either layer to Algorithm 2's population "
+        "statistics (mean of batch means, m/(m-1) x mean of batch variances).",
+        f"{PAPER} Algorithm 2 steps 8-10",
+        "BN from scratch",
+    ),
+    Claim(
+        "E06",
+        "The notebook's model with Keras' BN and with ExplicitBatchNorm, from identical weights on identical "
+        "batches, stay equal for 100 training steps (to the divergence that rounding alone causes).",
+        f"{NB} closing plan ('v2 with batch normalization explicitly coded'); bnspec.layers",
+        "BN from scratch",
+        note="rounding baseline: the Keras model trained from weights perturbed by one float32 ulp",
+    ),
+    Claim(
+        "E07",
+        "After the full cached training (10 epochs) the two models' test accuracies differ by at most 0.5 "
+        "percentage points.",
+        f"{NB} closing plan; bnspec.layers",
+        "BN from scratch",
+    ),
+    Claim(
+        "E08",
+        "ExplicitBatchNorm survives get_config/from_config and a .keras save/load with its statistics and outputs.",
+        "Keras serialization guide; bnspec.layers",
+        "BN from scratch",
     ),
 )
 

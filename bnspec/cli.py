@@ -39,6 +39,8 @@ def _parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train the notebook's model once and cache it (reused afterwards)")
     train.add_argument("--epochs", type=int, default=None, help="epochs (default: 10, as the notebook)")
+    train.add_argument("--bn", choices=("keras", "explicit", "all"), default="keras",
+                       help="BN layer: Keras' BatchNormalization, bnspec's ExplicitBatchNorm, or both (default: keras)")
 
     sub.add_parser("claims", help="list the claims in the registry")
     sub.add_parser("cache", help="show the cache directory, its models and its event log")
@@ -67,9 +69,12 @@ def _cmd_train(args) -> int:
     spec = training.TrainSpec() if args.epochs is None else training.TrainSpec(epochs=args.epochs)
     if spec.epochs < 1:
         raise BnspecError("--epochs must be >= 1")
-    t = training.trained(train=spec)
-    print(f"model: {t.path} ({'trained now' if t.created else 'reused from cache'}; "
-          f"test accuracy {t.metrics['test_accuracy']:.4f})")
+    from bnspec.model import ModelSpec
+
+    for bn in ("keras", "explicit") if args.bn == "all" else (args.bn,):
+        t = training.trained(ModelSpec(bn=bn), train=spec)
+        print(f"model ({bn} BN): {t.path} ({'trained now' if t.created else 'reused from cache'}; "
+              f"test accuracy {t.metrics['test_accuracy']:.4f})")
     return 0
 
 

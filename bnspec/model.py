@@ -20,6 +20,7 @@ from bnspec import flavours
 # The notebook hard-coded training=True on its 2nd and 3rd BN layers (0-based 1 and 2), not the 1st.
 NOTEBOOK_HARDCODED_LAYERS = (1, 2)
 KINDS = ("functional", "sequential", "subclassed")
+BN_IMPLEMENTATIONS = ("keras", "explicit")  # keras.layers.BatchNormalization | bnspec.layers.ExplicitBatchNorm
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,7 @@ class ModelSpec:
     kind: str = "functional"  # functional | sequential | subclassed
     hidden: tuple[int, ...] = (100, 100, 100)
     seed: int = 100
+    bn: str = "keras"  # keras | explicit (bnspec.layers.ExplicitBatchNorm, coded from the paper)
 
     def __post_init__(self):
         if self.activation not in ("tanh", "sigmoid"):
@@ -39,6 +41,8 @@ class ModelSpec:
             raise ValueError(f"kind must be one of {KINDS}, not {self.kind!r}")
         if self.hardcoded_training and not self.batchnorm:
             raise ValueError("hardcoded_training needs batchnorm=True")
+        if self.bn not in BN_IMPLEMENTATIONS:
+            raise ValueError(f"bn must be one of {BN_IMPLEMENTATIONS}, not {self.bn!r}")
         if self.hardcoded_training and self.kind == "sequential":
             raise ValueError("a Sequential model cannot pass training=True to one layer; use functional or subclassed")
 
@@ -61,13 +65,26 @@ def _blocks(spec: ModelSpec, keras):
             kernel_initializer=keras.initializers.Orthogonal(gain=1.0, seed=spec.seed),
             name=f"dense_{i}",
         )
-        bn = keras.layers.BatchNormalization(name=f"bn_{i}", **dict(spec.bn_kwargs)) if spec.batchnorm else None
+        bn = _bn_class(spec, keras)(name=f"bn_{i}", **dict(spec.bn_kwargs)) if spec.batchnorm else None
         act = keras.layers.Activation(spec.activation, name=f"{spec.activation}_{i}")
         blocks.append((dense, bn, act))
     head = keras.layers.Dense(
         10, activation=None, kernel_initializer=keras.initializers.Orthogonal(gain=1.0, seed=spec.seed), name="logits"
     )
     return blocks, head
+
+
+def _bn_class(spec: ModelSpec, keras):
+    if spec.bn == "explicit":
+        from bnspec.layers import ExplicitBatchNorm  # imports TensorFlow, so only when asked for
+
+        return ExplicitBatchNorm
+    return keras.layers.BatchNormalization
+
+
+def is_bn(layer) -> bool:
+    """Keras' BatchNormalization (either flavour) or bnspec's ExplicitBatchNorm."""
+    return "BatchNorm" in type(layer).__name__
 
 
 def _apply(spec: ModelSpec, blocks, head, x, training=None):
@@ -120,7 +137,7 @@ def compile_model(model, keras=None, learning_rate: float = 1e-3):
 
 def bn_layers(model) -> list:
     """The model's BatchNormalization layers, in order."""
-    return [layer for layer in _all_layers(model) if "BatchNormalization" in type(layer).__name__]
+    return [layer for layer in _all_layers(model) if is_bn(layer)]
 
 
 def dense_layers(model) -> list:

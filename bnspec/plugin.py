@@ -205,16 +205,19 @@ def prepare(config) -> None:
 
     if not _needs_model(config):
         return
-    entry = training.cached_entry()
+    from bnspec.model import ModelSpec
+
+    entries = [training.cached_entry(ModelSpec(bn=bn)) for bn in ("keras", "explicit")]
     tr = config.pluginmanager.get_plugin("terminalreporter")
-    if entry is not None:
+    if all(entries):
         if tr is not None:
-            tr.write_line(f"bnspec: reusing cached model {entry}")
+            tr.write_line(f"bnspec: reusing cached models {', '.join(e.name for e in entries)}")
         return
     capman = config.pluginmanager.get_plugin("capturemanager")
     with capman.global_and_fixture_disabled():
-        print("bnspec: no cached model yet: fetching MNIST and training it once (progress below)", flush=True)
-        code = subprocess.call([sys.executable, "-m", "bnspec", "train"])
+        print("bnspec: models not cached yet: fetching MNIST and training the notebook's model once with "
+              "Keras' BN and once with ExplicitBatchNorm (progress below)", flush=True)
+        code = subprocess.call([sys.executable, "-m", "bnspec", "train", "--bn", "all"])
     config._bnspec_trained_now = code == 0
     if code != 0 and tr is not None:
         tr.write_line(f"bnspec: preparation failed (exit {code}); the tests that need the model will report why")

@@ -25,7 +25,7 @@ def recompute(model, batches, unbiased: bool = True, progress: bool = False) -> 
     layers = bn_layers(model)
     if not layers:
         raise ValueError("the model has no BatchNormalization layer")
-    saved = [layer.momentum for layer in layers]
+    saved = [(layer.momentum, getattr(layer, "update_moving", None)) for layer in layers]
     started, n, m = time.time(), 0, None
     try:
         for i, x in enumerate(batches):
@@ -35,13 +35,17 @@ def recompute(model, batches, unbiased: bool = True, progress: bool = False) -> 
                 raise ValueError(f"batch {i} has {len(x)} examples, the first had {m}: Algorithm 2 weighs batches equally")
             for layer in layers:
                 layer.momentum = i / (i + 1.0)
+                if hasattr(layer, "update_moving"):  # ExplicitBatchNorm(population="algorithm2")
+                    layer.update_moving = True
             model(x, training=True)
             n = i + 1
             if progress and n % 200 == 0:
                 print(f"bnspec: population statistics: {n} batches", file=sys.__stderr__, flush=True)
     finally:
-        for layer, momentum in zip(layers, saved):
+        for layer, (momentum, update) in zip(layers, saved):
             layer.momentum = momentum
+            if update is not None:
+                layer.update_moving = update
     if n == 0:
         raise ValueError("no batches given")
     if unbiased:

@@ -76,7 +76,7 @@ def mlp_reference_layers(model) -> list[dict]:
         if kind == "Dense":
             kernel, bias = layer.get_weights()
             out.append({"kernel": kernel, "bias": bias})
-        elif "BatchNormalization" in kind:
+        elif bn_model.is_bn(layer):
             out.append(bn_state(layer))
     return out
 

@@ -213,3 +213,33 @@ def fold_into_dense(kernel, bias, gamma, beta, mean, var, eps: float):
     a = np.asarray(gamma, np.float64) / np.sqrt(np.asarray(var, np.float64) + eps)
     c = np.asarray(beta, np.float64) - a * np.asarray(mean, np.float64)
     return np.asarray(kernel, np.float64) * a, np.asarray(bias, np.float64) * a + c
+
+
+def bn_backward_bound(dy, x, gamma, eps: float, axis: int = -1) -> dict[str, np.ndarray]:
+    """First-order worst-case float32 error of the training-mode gradients (dl/dx, dl/dgamma,
+    dl/dbeta) however they are evaluated (autodiff of a float32 forward or the paper's formulas).
+
+    Exact: dx = gamma/s * (dy - mean(dy) - x_hat*mean(dy*x_hat)), s = sqrt(var+eps). Errors come from
+    (1) the batch statistics (mean off by <= m*u*mean|x|, var by <= 2(m+2)*u*mean(x^2), as in
+    bn_bound), which move x_hat by d_xhat and 1/s by a relative d_var/(2 s^2); (2) the two length-m
+    reductions of dy and dy*x_hat (<= (m+4)*u times their absolute sums); (3) a few roundings in
+    the final combination (covered by the +4 in m+4)."""
+    x, dy = np.asarray(x, np.float64), np.asarray(dy, np.float64)
+    axes = _axes(x, axis)
+    m = x.size // x.shape[axis % x.ndim]
+    b = lambda v: _bcast(v, x, axis)  # noqa: E731
+    mean, var = batch_stats(x, axis)
+    s = np.sqrt(var + eps)
+    x_hat = (x - b(mean)) / b(s)
+    d_mean = m * U32 * np.abs(x).mean(axis=axes)
+    d_var = 2 * (m + 2) * U32 * (x**2).mean(axis=axes)
+    d_xhat = b(d_mean / s) + np.abs(x_hat) * b(d_var / (2 * s**2)) + 3 * U32 * np.abs(x_hat)
+    a_dy, a_dyx = np.abs(dy).mean(axis=axes), np.abs(dy * x_hat).mean(axis=axes)
+    g = np.abs(b(gamma)) / b(s)
+    dx = g * (dy - b(dy.mean(axis=axes)) - x_hat * b((dy * x_hat).mean(axis=axes)))
+    b_x = g * ((m + 4) * U32 * (np.abs(dy) + b(a_dy) + np.abs(x_hat) * b(a_dyx))
+               + d_xhat * b(a_dyx) + np.abs(x_hat) * b((np.abs(dy) * d_xhat).mean(axis=axes))) \
+        + np.abs(dx) * b(d_var / (2 * s**2) + 2 * U32)
+    b_gamma = (np.abs(dy) * d_xhat).sum(axis=axes) + (m + 4) * U32 * np.abs(dy * x_hat).sum(axis=axes)
+    b_beta = (m + 4) * U32 * np.abs(dy).sum(axis=axes)
+    return {"x": b_x, "gamma": b_gamma, "beta": b_beta}

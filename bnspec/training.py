@@ -53,6 +53,8 @@ def store() -> cache.Store:
 
 def _load(path: Path):
     keras = flavours.keras_module()
+    import bnspec.layers  # noqa: F401  registers ExplicitBatchNorm for deserialisation
+
     model = keras.models.load_model(path / "model.keras", compile=False)
     return compile_model(model, keras)
 
@@ -96,16 +98,20 @@ def _train_into(spec: ModelSpec, train: TrainSpec, out: Path) -> dict:
     }
 
 
+def _entry_name(spec: ModelSpec) -> str:
+    return f"{flavours.current()}-{spec.kind}" + ("" if spec.bn == "keras" else f"-{spec.bn}")
+
+
 def cached_entry(spec: ModelSpec = ModelSpec(), train: TrainSpec = TrainSpec()) -> Path | None:
     """The cache entry for (spec, train) if one exists, without importing TensorFlow (not validated)."""
-    entry = store().entry_dir(f"{flavours.current()}-{spec.kind}", cache.key_of(key_material(spec, train)))
+    entry = store().entry_dir(_entry_name(spec), cache.key_of(key_material(spec, train)))
     return entry if (entry / cache.ENTRY_FILE).is_file() else None
 
 
 def trained(spec: ModelSpec = ModelSpec(), train: TrainSpec = TrainSpec()) -> Trained:
     """The trained model for (spec, train), from the cache or trained now (once across processes)."""
     entry = store().get_or_create(
-        f"{flavours.current()}-{spec.kind}",
+        _entry_name(spec),
         key_material(spec, train),
         create=lambda tmp: _train_into(spec, train, tmp),
         load=_load,

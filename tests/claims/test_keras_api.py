@@ -170,3 +170,25 @@ def test_axis_is_the_feature_axis(verdict, keras, device, rng, layout):
                    moving_mean_err=np.abs(moved - exp_moved).max())
     verdict.conclude(ok, f"{layout}: {features} features, statistics over {m} values each; "
                          f"max err {err.max():.2e} (bound {bound.max():.1e})")
+
+
+@pytest.mark.claim("K16")
+@pytest.mark.parametrize("layout", ["dense_axis-1", "nhwc_axis-1", "nchw_axis1"])
+def test_moving_variance_is_biased_for_every_rank(verdict, keras, rng, layout):
+    shape, axis = AXIS_CASES[layout]
+    features = shape[axis]
+    layer = probes.make_bn(keras, features, rng, input_shape=(None,) + shape[1:], axis=axis, momentum=0.0)
+    s = probes.bn_state(layer)
+    x = (rng.normal(0, 2, shape) + 1).astype(np.float32)
+    layer(x, training=True)  # momentum 0: the moving variance becomes this batch's variance
+    _, var = reference.batch_stats(x, axis)
+    m = x.size // features
+    _, b_var = reference.ema_bounds(x, s["mean"], s["var"], 0.0, axis=axis)
+    got = np.asarray(layer.moving_variance.numpy(), np.float64)
+    err_biased, err_unbiased = np.abs(got - var), np.abs(got - var * m / (m - 1))
+    assert np.all(np.abs(var / (m - 1)) > 2 * b_var), "cannot tell biased from unbiased here"
+    verdict.record(ratio_to_biased=float((got / var).mean()), unbiased_factor=m / (m - 1), max_err_biased=err_biased.max(),
+                   max_err_unbiased=err_unbiased.max(), bound=b_var.max(), elements_per_feature=m)
+    verdict.conclude(bool(np.all(err_biased <= b_var)),
+                     f"{layout}: moving variance / biased batch variance = {(got / var).mean():.5f} "
+                     f"(m/(m-1) = {m / (m - 1):.5f}, bound {float((b_var / var).max()):.1e} relative)")

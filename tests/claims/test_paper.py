@@ -91,10 +91,11 @@ def test_population_variance_is_unbiased(verdict, keras, tf, rng):
 
 
 @pytest.mark.claim("P04")
-def test_inference_bn_folds_into_dense(verdict, keras, trained, mnist):
+@pytest.mark.parametrize("bn", ["keras", "explicit"])
+def test_inference_bn_folds_into_dense(verdict, request, keras, mnist, bn):
     from bnspec.model import ModelSpec, build, dense_layers
 
-    model = trained.model
+    model = request.getfixturevalue("trained" if bn == "keras" else "trained_explicit").model
     layers = probes.mlp_reference_layers(model)
     folded_layers = []
     for layer in layers:
