@@ -42,6 +42,13 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--bn", choices=("keras", "explicit", "all"), default="keras",
                        help="BN layer: Keras' BatchNormalization, bnspec's ExplicitBatchNorm, or both (default: keras)")
 
+    cmp_ = sub.add_parser("compare", help="compare the verdict tables of two results JSONs (exit 1 if they differ)",
+                          description="Compare two runs, e.g. `pytest -n 0` and `pytest -n 2`, or two runs in a "
+                          "row: outcome, expected and observed verdict per test case. Evidence numbers are not "
+                          "compared. No TensorFlow needed.")
+    cmp_.add_argument("first", type=Path)
+    cmp_.add_argument("second", type=Path)
+
     sub.add_parser("claims", help="list the claims in the registry")
     sub.add_parser("cache", help="show the cache directory, its models and its event log")
     return p
@@ -53,6 +60,21 @@ def _cmd_report(args) -> int:
     target = report.write(args.raw, args.out)
     print(f"bnspec: wrote {target} and {args.out / 'results.json'}")
     return 0
+
+
+def _cmd_compare(args) -> int:
+    from bnspec import results
+
+    a, b = results.load(args.first), results.load(args.second)
+    diffs = results.compare(a, b)
+    n = len(results.verdicts(a))
+    if not diffs:
+        print(f"bnspec: identical verdict tables ({n} test cases, flavour {a['flavour']})")
+        return 0
+    print(f"bnspec: {len(diffs)} difference(s) between {args.first} and {args.second}:")
+    for line in diffs:
+        print(f"  {line}")
+    return 1
 
 
 def _cmd_data(args) -> int:
@@ -130,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             return _cmd_run(args, extra)
         return {"report": _cmd_report, "data": _cmd_data, "train": _cmd_train, "claims": _cmd_claims,
-                "cache": _cmd_cache}[args.command](args)
+                "cache": _cmd_cache, "compare": _cmd_compare}[args.command](args)
     except BnspecError as exc:
         print(f"bnspec: error: {exc}", file=sys.stderr)
         return 1

@@ -62,3 +62,23 @@ def load_dir(directory: Path) -> list[dict]:
 
     order = {f: i for i, f in enumerate(FLAVOURS)}
     return sorted((load(f) for f in files), key=lambda d: (order.get(d["flavour"], len(order)), d["flavour"]))
+
+
+def verdicts(doc: dict) -> dict[str, tuple]:
+    """The verdict table of one run: nodeid -> (outcome, expected, observed). Evidence numbers are
+    left out on purpose: they may move in the last digits (e.g. an unseeded fit), verdicts may not."""
+    return {t["nodeid"]: (t["outcome"], t.get("expected"), t.get("observed")) for t in doc["tests"]}
+
+
+def compare(a: dict, b: dict) -> list[str]:
+    """Differences between two runs' verdict tables (same flavour expected), one line each."""
+    lines = []
+    if a["flavour"] != b["flavour"]:
+        lines.append(f"flavour: {a['flavour']} vs {b['flavour']}")
+    va, vb = verdicts(a), verdicts(b)
+    for nodeid in sorted(va.keys() | vb.keys()):
+        x, y = va.get(nodeid), vb.get(nodeid)
+        if x != y:
+            fmt = lambda v: "absent" if v is None else "/".join(str(p) for p in v)  # noqa: E731
+            lines.append(f"{nodeid}: {fmt(x)} vs {fmt(y)}")
+    return lines
