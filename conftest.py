@@ -10,7 +10,7 @@ import pytest
 
 pytest_plugins = ["bnspec.plugin"]
 
-DEVICES = ("cpu", "gpu")
+from bnspec.plugin import DEVICES
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,8 @@ An entry is a directory `<root>/<name>-<key>/` holding whatever `create` wrote p
   asking for the same key on a cold cache create it exactly once; the lock dies with its holder,
   so a killed process never leaves a lock that blocks the next run;
 * atomic: `create` writes into a private temporary directory that is renamed into place only
-  when complete; an interrupted creation leaves at most a `.tmp-*` directory, never an entry;
+  when complete; an interrupted creation leaves at most a `.tmp-*` directory, never an entry,
+  and the next creator of that key removes it;
 * self-healing: an entry whose `entry.json` is missing/unreadable/for another key, or whose
   `load` fails, is moved aside to `<entry>.corrupt-<n>` (kept for inspection) and recreated;
 * observable: every hit, miss and creation is appended to `<root>/events.log`.
@@ -95,6 +96,14 @@ class Store:
         self.event("invalid", final, problem=problem)
         return None
 
+    def _remove_leftovers(self, final: Path) -> None:
+        """Temporary directories of this key left by a killed creator. Safe: we hold the key's lock,
+        so no live process is writing into them."""
+        for stale in self.root.glob(f".tmp-{final.name}-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+            self.log(f"removed {stale.name}, left by an interrupted creation")
+            self.event("removed-leftover", final, leftover=stale.name)
+
     def get_or_create(
         self,
         name: str,
@@ -135,6 +144,7 @@ class Store:
             if found:
                 self.event("hit-after-wait", final)
                 return Entry(final, found[0], found[1], created=False)
+            self._remove_leftovers(final)
             tmp = Path(tempfile.mkdtemp(dir=self.root, prefix=f".tmp-{final.name}-"))
             try:
                 started = time.time()

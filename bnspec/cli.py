@@ -30,6 +30,12 @@ def _parser() -> argparse.ArgumentParser:
                          "cached), then write reports/REPORT.md. Extra arguments go to pytest, e.g. "
                          "bnspec run -k K01 -n 0")
     run.add_argument("--no-report", action="store_true", help="do not write the report after the tests")
+    run.add_argument("--claim", action="append", default=[], metavar="ID",
+                     help="run only this claim's tests (repeat or comma-separate: --claim K01,N05)")
+    run.add_argument("--device", choices=("cpu", "gpu"), default=None,
+                     help="run device-parametrised cases on this device only")
+    run.add_argument("--flavour", choices=("keras3", "tfkeras", "keras-nightly"), default=None,
+                     help="Keras flavour to test (sets BNSPEC_FLAVOUR; the flavour must be installed in this env)")
 
     rep = sub.add_parser("report", help="results JSON -> reports/REPORT.md (no TensorFlow needed)")
     rep.add_argument("--raw", type=Path, default=Path("reports/raw"), help="directory of <flavour>.json results")
@@ -126,13 +132,39 @@ def _cmd_cache(args) -> int:
     return 0
 
 
-def _cmd_run(args, pytest_args: list[str]) -> int:
-    cmd = [sys.executable, "-m", "pytest"]
+def _run_options(args, parser) -> tuple[list[str], dict]:
+    """bnspec run's own options -> (pytest arguments, environment); conflicts are usage errors."""
+    from bnspec import claims
+
+    extra, env = [], dict(os.environ)
+    ids = [c.strip().upper() for arg in args.claim for c in arg.split(",") if c.strip()]
+    unknown = [c for c in ids if c not in claims.BY_ID]
+    if unknown:
+        parser.error(f"unknown claim id(s) {', '.join(unknown)}; `bnspec claims` lists them")
+    if ids:
+        extra.append(f"--bnspec-claims={','.join(ids)}")
+    if args.device:
+        extra.append(f"--bnspec-device={args.device}")
+    if args.flavour:
+        current = os.environ.get("BNSPEC_FLAVOUR")
+        legacy = os.environ.get("TF_USE_LEGACY_KERAS", "").lower() in ("1", "true", "yes")
+        if (current and current != args.flavour) or (legacy and args.flavour != "tfkeras"):
+            parser.error(f"--flavour {args.flavour} conflicts with the environment "
+                         f"(BNSPEC_FLAVOUR={current or ''}, TF_USE_LEGACY_KERAS={os.environ.get('TF_USE_LEGACY_KERAS', '')})")
+        env["BNSPEC_FLAVOUR"] = args.flavour
+        if args.flavour == "tfkeras":
+            env["TF_USE_LEGACY_KERAS"] = "1"
+    return extra, env
+
+
+def _cmd_run(args, pytest_args: list[str], parser=None) -> int:
+    own, env = _run_options(args, parser or _parser())
+    cmd = [sys.executable, "-m", "pytest"] + own
     if not any(a == "-n" or a.startswith("-n") or a.startswith("--numprocesses") for a in pytest_args):
         cmd += ["-n", "auto"]
     cmd += pytest_args
     print(f"bnspec: {' '.join(cmd)}", flush=True)
-    code = subprocess.call(cmd)
+    code = subprocess.call(cmd, env=env)
     if not args.no_report and Path("reports/raw").is_dir():
         from bnspec import report
 
@@ -150,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         if args.command == "run":
-            return _cmd_run(args, extra)
+            return _cmd_run(args, extra, parser)
         return {"report": _cmd_report, "data": _cmd_data, "train": _cmd_train, "claims": _cmd_claims,
                 "cache": _cmd_cache, "compare": _cmd_compare}[args.command](args)
     except BnspecError as exc:

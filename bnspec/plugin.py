@@ -30,11 +30,18 @@ from bnspec import claims, flavours, paths, results
 PROP = "bnspec"
 
 
+DEVICES = ("cpu", "gpu")
+
+
 def pytest_addoption(parser):
     parser.addoption(
         "--bnspec-results", default=None,
         help="results JSON to write (default: reports/raw/<flavour>.json under the rootdir)",
     )
+    parser.addoption("--bnspec-claims", default=None,
+                     help="comma-separated claim ids: run only their tests (plus bnspec's own), e.g. K01,N05")
+    parser.addoption("--bnspec-device", default=None, choices=DEVICES,
+                     help="run the device-parametrised cases on this device only (default: cpu, and gpu when visible)")
 
 
 def pytest_configure(config):
@@ -46,10 +53,37 @@ def pytest_configure(config):
     config._bnspec_trained_now = False
 
 
+def selected_claims(config) -> set[str] | None:
+    raw = config.getoption("--bnspec-claims")
+    if not raw:
+        return None
+    wanted = {c.strip().upper() for c in raw.split(",") if c.strip()}
+    unknown = sorted(wanted - set(claims.BY_ID))
+    if unknown:
+        raise pytest.UsageError(f"unknown claim id(s) {', '.join(unknown)} in --bnspec-claims; "
+                                f"`bnspec claims` lists the {len(claims.BY_ID)} known ids")
+    return wanted
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         for mark in item.iter_markers("claim"):
             claims.get(mark.args[0])  # unknown claim ids fail collection with a clear message
+    wanted, device = selected_claims(config), config.getoption("--bnspec-device")
+    if wanted is None and device is None:
+        return
+    keep, drop = [], []
+    for item in items:
+        marks = [m.args[0] for m in item.iter_markers("claim")]
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        ok = (wanted is None or not marks or marks[0] in wanted) and \
+            (device is None or params.get("device", device) == device)
+        (keep if ok else drop).append(item)
+    if wanted is not None:  # a claim filter runs claim tests only
+        drop += [i for i in keep if not list(i.iter_markers("claim"))]
+        keep = [i for i in keep if list(i.iter_markers("claim"))]
+    items[:] = keep
+    config.hook.pytest_deselected(items=drop)
 
 
 def _clean(value):

@@ -82,7 +82,7 @@ def merge(docs: list[dict]) -> dict:
         "schema": results.SCHEMA,
         "generated": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "flavours": {d["flavour"]: {"environment": d["environment"], "model_cache": d.get("model_cache"),
-                                    "seconds": d.get("seconds"), "claims": {k: {kk: vv for kk, vv in v.items() if kk != "tests"}
+                                    "seconds": d.get("seconds"), "finished": d.get("finished"), "claims": {k: {kk: vv for kk, vv in v.items() if kk != "tests"}
                                                                              for k, v in summarise(d).items()},
                                     "tests": d["tests"]} for d in docs},
     }
@@ -257,10 +257,33 @@ def _fmt(v) -> str:
     return json.dumps(v) if isinstance(v, (list, dict)) else str(v)
 
 
-def write(raw_dir: Path, out_dir: Path) -> Path:
-    docs = results.load_dir(raw_dir)
+def unmerge(merged: dict) -> list[dict]:
+    """The per-flavour results back from a merged reports/results.json."""
+    return [{"schema": results.SCHEMA, "flavour": f, "environment": v["environment"],
+             "model_cache": v.get("model_cache"), "seconds": v.get("seconds"), "finished": v.get("finished", ""),
+             "tests": v["tests"]} for f, v in merged.get("flavours", {}).items()]
+
+
+def write(raw_dir: Path, out_dir: Path, log=print) -> Path:
+    """Merge the raw results into out_dir/results.json and write out_dir/REPORT.md (with the
+    benchmark section when out_dir/benchmarks/latest.json exists). Without raw results (a fresh
+    clone) the report is re-rendered from the committed out_dir/results.json."""
+    merged_path = out_dir / "results.json"
+    try:
+        docs = results.load_dir(raw_dir)
+    except results.ResultsError:
+        if not merged_path.is_file() or any(Path(raw_dir).glob("*.json")):
+            raise
+        docs = [results.validate(d, str(merged_path)) for d in unmerge(json.loads(merged_path.read_text()))]
+        log(f"bnspec: no results in {raw_dir}; re-rendering from {merged_path}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths.atomic_write_json(out_dir / "results.json", merge(docs))
+    paths.atomic_write_json(merged_path, merge(docs))
+    text = render(docs)
+    bench_json = out_dir / "benchmarks" / "latest.json"
+    if bench_json.is_file():
+        from bnspec import bench
+
+        text += "\n" + "\n".join(bench.render(bench.load(bench_json)))
     target = out_dir / "REPORT.md"
-    paths.atomic_write_bytes(target, (render(docs) + "\n").encode())
+    paths.atomic_write_bytes(target, (text + "\n").encode())
     return target

@@ -85,3 +85,16 @@ def test_bad_results_files_are_reported(tmp_path, content, message):
 def test_no_results_is_a_clear_error(tmp_path):
     with pytest.raises(results.ResultsError, match="run the tests first"):
         results.load_dir(tmp_path)
+
+
+def test_report_is_rerendered_from_merged_results_without_raw(tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "keras3.json").write_text(json.dumps(_doc([_test("t::k", "K01", "passed", "holds", "holds", "err 1e-7")])))
+    first = report.write(raw, tmp_path / "out", log=lambda m: None).read_text()
+    empty = tmp_path / "empty_raw"  # a fresh clone: no raw results, but the committed results.json
+    notes = []
+    again = report.write(empty, tmp_path / "out", log=notes.append).read_text()
+    assert notes and "re-rendering" in notes[0]
+    strip = lambda md: md.split("## Summary")[1]  # noqa: E731
+    assert strip(first) == strip(again)
