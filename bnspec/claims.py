@@ -498,6 +498,38 @@ CLAIMS: tuple[Claim, ...] = (
         "Keras serialization guide; bnspec.layers",
         "BN from scratch",
     ),
+    # ------------------------------------------------------------------ the paper's experiment (slow)
+    Claim(
+        "P07",
+        "On MNIST (3 x 100 sigmoid, batch 60) the BN network's test accuracy is at least the baseline's at "
+        "every checkpoint from 5,000 steps on, and higher at 50,000.",
+        f"{PAPER} §4.1, Figure 1(a)",
+        "the paper's experiment",
+        tags=("slow",),
+    ),
+    Claim(
+        "P08",
+        "The BN network reaches the baseline's final (50,000-step) test accuracy in fewer than half the steps.",
+        f"{PAPER} §4.1, Figure 1(a) ('the network trains faster')",
+        "the paper's experiment",
+        tags=("slow",),
+    ),
+    Claim(
+        "P09",
+        "Over training, the median input of a last-layer sigmoid and its 15-85 percentile spread drift less "
+        "with BN than without.",
+        f"{PAPER} §4.1, Figure 1(b, c) ('the distributions ... are much more stable')",
+        "the paper's experiment",
+        tags=("slow",),
+    ),
+    Claim(
+        "P10",
+        "At 5x the learning rate the BN network still trains (it ends at least as accurate as the baseline at "
+        "the normal rate), while the baseline at 5x ends below the BN network at 5x.",
+        f"{PAPER} §3.3 and §4.2.1 ('Increase learning rate')",
+        "the paper's experiment",
+        tags=("slow",),
+    ),
 )
 
 BY_ID = {c.id: c for c in CLAIMS}

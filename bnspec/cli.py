@@ -7,6 +7,7 @@ Exit codes: 0 success, 1 runtime error (one line on stderr), 2 bad usage; `run` 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -55,6 +56,13 @@ def _parser() -> argparse.ArgumentParser:
     cmp_.add_argument("first", type=Path)
     cmp_.add_argument("second", type=Path)
 
+    pap = sub.add_parser("paper", help="reproduce the paper's MNIST experiment (Figure 1): 4 runs of 50,000 steps, cached",
+                         description="Train the paper's sigmoid network with and without BN (and at 5x the learning "
+                         "rate), 50,000 SGD steps each (cached; about 20-30 s per run on 2 cores), then write "
+                         "reports/paper_figure1.png and reports/paper/results.json and update REPORT.md.")
+    pap.add_argument("--out", type=Path, default=Path("reports"), help="where the figure and results go")
+    pap.add_argument("--compute-only", action="store_true", help="only make sure the 4 runs are cached (no outputs)")
+
     sub.add_parser("claims", help="list the claims in the registry")
     sub.add_parser("cache", help="show the cache directory, its models and its event log")
     return p
@@ -65,6 +73,22 @@ def _cmd_report(args) -> int:
 
     target = report.write(args.raw, args.out)
     print(f"bnspec: wrote {target} and {args.out / 'results.json'}")
+    return 0
+
+
+def _cmd_paper(args) -> int:
+    from bnspec import paper, report
+
+    res = paper.all_results()
+    if args.compute_only:
+        return 0
+    png, js = paper.write_outputs(res, args.out)
+    for line in paper.report_section(json.loads(js.read_text()))[6:12]:
+        print(line)
+    print(f"bnspec: wrote {png} and {js}")
+    raw = args.out / "raw"
+    if raw.is_dir() or (args.out / "results.json").is_file():
+        print(f"bnspec: wrote {report.write(raw, args.out, log=lambda m: None)}")
     return 0
 
 
@@ -184,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             return _cmd_run(args, extra, parser)
         return {"report": _cmd_report, "data": _cmd_data, "train": _cmd_train, "claims": _cmd_claims,
-                "cache": _cmd_cache, "compare": _cmd_compare}[args.command](args)
+                "cache": _cmd_cache, "compare": _cmd_compare, "paper": _cmd_paper}[args.command](args)
     except BnspecError as exc:
         print(f"bnspec: error: {exc}", file=sys.stderr)
         return 1

@@ -223,6 +223,8 @@ def pytest_sessionstart(session):
     _CONFIG["config"] = session.config
     if not _is_worker(session.config) and os.environ.get("BNSPEC_PREPARE", "1") != "0":
         prepare(session.config)
+        if _needs_model(session.config):
+            prepare_paper(session.config)
 
 
 def _needs_model(config) -> bool:
@@ -255,6 +257,24 @@ def prepare(config) -> None:
     config._bnspec_trained_now = code == 0
     if code != 0 and tr is not None:
         tr.write_line(f"bnspec: preparation failed (exit {code}); the tests that need the model will report why")
+
+
+def _wants_paper(config) -> bool:
+    wanted = selected_claims(config)
+    return "not slow" not in (config.option.markexpr or "") and (wanted is None or bool(wanted & {"P07", "P08", "P09", "P10"}))
+
+
+def prepare_paper(config) -> None:
+    """Run (or find cached) the paper's 4 x 50,000-step experiment before the workers start."""
+    from bnspec import paper
+
+    if not _wants_paper(config) or all(paper.cached(run) for run in paper.RUNS):
+        return
+    capman = config.pluginmanager.get_plugin("capturemanager")
+    with capman.global_and_fixture_disabled():
+        print("bnspec: the paper's MNIST experiment is not cached yet: 4 runs of 50,000 steps (progress below)",
+              flush=True)
+        subprocess.call([sys.executable, "-m", "bnspec", "paper", "--compute-only"])
 
 
 def _cpu_model() -> str:

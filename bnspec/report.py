@@ -279,6 +279,11 @@ def write(raw_dir: Path, out_dir: Path, log=print) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths.atomic_write_json(merged_path, merge(docs))
     text = render(docs)
+    paper_json = out_dir / "paper" / "results.json"
+    if paper_json.is_file():
+        from bnspec import paper
+
+        text += "\n" + "\n".join(paper.report_section(json.loads(paper_json.read_text())))
     bench_json = out_dir / "benchmarks" / "latest.json"
     if bench_json.is_file():
         from bnspec import bench
