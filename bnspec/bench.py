@@ -63,8 +63,9 @@ def render(doc: dict) -> list[str]:
              f"{cpu.get('count', '?')} logical CPUs, Python {machine.get('python_version', '?')}. "
              "Bytes per element moved at the least: inference forward 2 x 4 (read x, write y), training forward "
              "3 x 4 (x read twice, y written), forward+backward 4 x 4 (read x and dy, write y and dx). "
-             "GB/s = bytes / median time; *of copy* = that over the best copy bandwidth (numpy copyto or a "
-             "TensorFlow copy) of the same tensor in the same session; *vs Keras* = the Keras layer "
+             "GB/s = bytes / median time; *of copy* = that over the best copy bandwidth of the same tensor in the "
+             "same session (numpy copyto, TensorFlow DeepCopy, or y = x + 1 on all threads: each reads and writes "
+             "the tensor once); *vs Keras* = the Keras layer "
              "(tf.function)'s median over this one's.", ""]
     by_key = {(r["shape"], r["mode"], r["impl"], r.get("device", "cpu")): r for r in table if r.get("mode") != "copy"}
     shapes = list(dict.fromkeys(r["shape"] for r in table if r.get("mode") not in ("copy", "mnist_step")))
