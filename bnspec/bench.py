@@ -22,6 +22,12 @@ BIG = "nhwc_88x56x56x64"  # the >= 64 MB tensor the targets refer to
 EXPLICIT_XLA_RATIO = 1.25
 
 
+def latest(history: Path) -> Path | None:
+    """The newest pytest-benchmark save under `history` (files are numbered 0001_, 0002_, ...)."""
+    saves = sorted(Path(history).glob("*/[0-9][0-9][0-9][0-9]_*.json"), key=lambda f: f.name)
+    return saves[-1] if saves else None
+
+
 def load(path: Path) -> dict:
     try:
         doc = json.loads(Path(path).read_text())

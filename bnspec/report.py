@@ -266,7 +266,7 @@ def unmerge(merged: dict) -> list[dict]:
 
 def write(raw_dir: Path, out_dir: Path, log=print) -> Path:
     """Merge the raw results into out_dir/results.json and write out_dir/REPORT.md (with the
-    benchmark section when out_dir/benchmarks/latest.json exists). Without raw results (a fresh
+    paper's experiment and the newest benchmark run in out_dir/benchmarks/history when present). Without raw results (a fresh
     clone) the report is re-rendered from the committed out_dir/results.json."""
     merged_path = out_dir / "results.json"
     try:
@@ -284,10 +284,10 @@ def write(raw_dir: Path, out_dir: Path, log=print) -> Path:
         from bnspec import paper
 
         text += "\n" + "\n".join(paper.report_section(json.loads(paper_json.read_text())))
-    bench_json = out_dir / "benchmarks" / "latest.json"
-    if bench_json.is_file():
-        from bnspec import bench
+    from bnspec import bench
 
+    bench_json = bench.latest(out_dir / "benchmarks" / "history")
+    if bench_json is not None:
         text += "\n" + "\n".join(bench.render(bench.load(bench_json)))
     target = out_dir / "REPORT.md"
     paths.atomic_write_bytes(target, (text + "\n").encode())
