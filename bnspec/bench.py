@@ -22,10 +22,14 @@ BIG = "nhwc_88x56x56x64"  # the >= 64 MB tensor the targets refer to
 EXPLICIT_XLA_RATIO = 1.25
 
 
+def saves(history: Path) -> list[Path]:
+    """pytest-benchmark saves under `history`, oldest first (files are numbered 0001_, 0002_, ...)."""
+    return sorted(Path(history).glob("*/[0-9][0-9][0-9][0-9]_*.json"), key=lambda f: f.name)
+
+
 def latest(history: Path) -> Path | None:
-    """The newest pytest-benchmark save under `history` (files are numbered 0001_, 0002_, ...)."""
-    saves = sorted(Path(history).glob("*/[0-9][0-9][0-9][0-9]_*.json"), key=lambda f: f.name)
-    return saves[-1] if saves else None
+    found = saves(history)
+    return found[-1] if found else None
 
 
 def load(path: Path) -> dict:
@@ -59,8 +63,11 @@ def copy_bandwidth(table: list[dict]) -> dict[tuple, float]:
     return best
 
 
-def render(doc: dict) -> list[str]:
+def render(doc: dict, previous: dict | None = None) -> list[str]:
+    """Markdown for one run; with `previous` (an earlier run) a column shows its median, so run-to-run
+    noise is visible next to every number."""
     table = rows(doc)
+    before = {(r["shape"], r.get("mode"), r.get("impl"), r.get("device", "cpu")): r for r in rows(previous)} if previous else {}
     copy = copy_bandwidth(table)
     machine = doc.get("machine_info", {})
     cpu = machine.get("cpu", {})
@@ -72,7 +79,9 @@ def render(doc: dict) -> list[str]:
              "GB/s = bytes / median time; *of copy* = that over the best copy bandwidth of the same tensor in the "
              "same session (numpy copyto, TensorFlow DeepCopy, or y = x + 1 on all threads: each reads and writes "
              "the tensor once); *vs Keras* = the Keras layer "
-             "(tf.function)'s median over this one's.", ""]
+             "(tf.function)'s median over this one's; *previous run* = the same benchmark in the run before "
+             "(reports/benchmarks/history): on a shared 2-core machine medians move by tens of percent between "
+             "runs, so read ratios near a target with that in mind.", ""]
     by_key = {(r["shape"], r["mode"], r["impl"], r.get("device", "cpu")): r for r in table if r.get("mode") != "copy"}
     shapes = list(dict.fromkeys(r["shape"] for r in table if r.get("mode") not in ("copy", "mnist_step")))
     for shape in shapes:
@@ -85,11 +94,13 @@ def render(doc: dict) -> list[str]:
                 for (s, m, impl, d), r in by_key.items():
                     if (s, m, d) != (shape, mode, device):
                         continue
+                    prev = before.get((s, m, impl, d))
                     body.append([mode, impl, f"{r['median_s'] * 1e3:.3f}", f"{r['gbps']:.2f}",
                                  f"{r['gbps'] / bw:.0%}" if bw else "-",
-                                 f"{ref['median_s'] / r['median_s']:.2f}x" if ref else "-"])
-            lines.append(tabulate(body, headers=["mode", "implementation", "median ms", "GB/s", "of copy", "vs Keras"],
-                                  tablefmt="github"))
+                                 f"{ref['median_s'] / r['median_s']:.2f}x" if ref else "-",
+                                 f"{prev['median_s'] * 1e3:.3f}" if prev else "-"])
+            lines.append(tabulate(body, headers=["mode", "implementation", "median ms", "GB/s", "of copy", "vs Keras",
+                                                 "previous run, ms"], tablefmt="github"))
             lines.append("")
     steps = [r for r in table if r.get("mode") == "mnist_step"]
     if steps:

@@ -286,9 +286,10 @@ def write(raw_dir: Path, out_dir: Path, log=print) -> Path:
         text += "\n" + "\n".join(paper.report_section(json.loads(paper_json.read_text())))
     from bnspec import bench
 
-    bench_json = bench.latest(out_dir / "benchmarks" / "history")
-    if bench_json is not None:
-        text += "\n" + "\n".join(bench.render(bench.load(bench_json)))
+    runs = bench.saves(out_dir / "benchmarks" / "history")
+    if runs:
+        previous = bench.load(runs[-2]) if len(runs) > 1 else None
+        text += "\n" + "\n".join(bench.render(bench.load(runs[-1]), previous))
     target = out_dir / "REPORT.md"
     paths.atomic_write_bytes(target, (text + "\n").encode())
     return target
