@@ -100,7 +100,7 @@ def render(doc: dict, previous: dict | None = None) -> list[str]:
                                  f"{ref['median_s'] / r['median_s']:.2f}x" if ref else "-",
                                  f"{prev['median_s'] * 1e3:.3f}" if prev else "-"])
             lines.append(tabulate(body, headers=["mode", "implementation", "median ms", "GB/s", "of copy", "vs Keras",
-                                                 "previous run, ms"], tablefmt="github"))
+                                                 "previous run, ms"], tablefmt="github", disable_numparse=True))
             lines.append("")
     steps = [r for r in table if r.get("mode") == "mnist_step"]
     if steps:
