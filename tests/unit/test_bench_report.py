@@ -31,5 +31,5 @@ def test_throughput_and_fraction_of_copy(tmp_path):
     cells = [[c.strip() for c in line.strip("|").split("|")] for line in text.splitlines() if line.startswith("|")]
     assert ["inference", "fused", "10.000", "20.00", "80%"] in [c[:5] for c in cells]
     assert "= 80% of copy (target 60%): **met**" in text
-    assert "= 40% of copy (target 40%): **met**" in text
+    assert "= 60% of copy (target 40%): **met**" in text  # keras_function: 3n / 0.02 s = 15 GB/s
     assert "1.50x the time (target <= 1.25x): **missed**. Why:" in text
