@@ -16,6 +16,7 @@ from pathlib import Path
 from tabulate import tabulate
 
 from bnspec import claims, paths, results
+from bnspec.flavours import FLAVOURS
 
 OK, UNEXPECTED, ERROR, SKIPPED, NOT_RUN = "as expected", "UNEXPECTED", "ERROR", "skipped", "not run"
 
@@ -115,7 +116,7 @@ def render(docs: list[dict]) -> str:
         model = ("trained in this run" if mc.get("created") else "reused from cache") if mc else "not used"
         if mc:
             model += f" ({mc.get('entry')}, trained in {mc.get('train_seconds')} s, test accuracy {mc.get('test_accuracy', 0):.4f})"
-        env_rows.append([d["flavour"], e.get("keras"), e.get("tensorflow"), e.get("python"),
+        env_rows.append([d["flavour"] + (" (earlier run, kept)" if d.get("kept") else ""), e.get("keras"), e.get("tensorflow"), e.get("python"),
                          f"{e.get('cpu')} ({e.get('cpu_count')} CPUs)", e.get("workers"),
                          f"{d.get('finished', '')} ({d.get('seconds')} s)", model, _library_tests(d)])
     lines.append(tabulate(env_rows, headers=["flavour", "Keras", "TensorFlow", "Python", "CPU", "xdist workers",
@@ -266,16 +267,31 @@ def unmerge(merged: dict) -> list[dict]:
 
 def write(raw_dir: Path, out_dir: Path, log=print) -> Path:
     """Merge the raw results into out_dir/results.json and write out_dir/REPORT.md (with the
-    paper's experiment and the newest benchmark run in out_dir/benchmarks/history when present). Without raw results (a fresh
-    clone) the report is re-rendered from the committed out_dir/results.json."""
+    paper's experiment and the newest benchmark run in out_dir/benchmarks/history when present).
+    Flavours without raw results keep their results from the earlier out_dir/results.json (so a
+    keras3-only run does not drop the tfkeras column; the environment table dates every run), and
+    with no raw results at all (a fresh clone) the report is re-rendered from it."""
     merged_path = out_dir / "results.json"
+    earlier = []
+    if merged_path.is_file():
+        try:
+            earlier = [results.validate(d, str(merged_path)) for d in unmerge(json.loads(merged_path.read_text()))]
+        except (ValueError, KeyError, results.ResultsError) as exc:
+            log(f"bnspec: ignoring {merged_path} ({exc})")
     try:
         docs = results.load_dir(raw_dir)
     except results.ResultsError:
-        if not merged_path.is_file() or any(Path(raw_dir).glob("*.json")):
+        if not earlier or any(Path(raw_dir).glob("*.json")):
             raise
-        docs = [results.validate(d, str(merged_path)) for d in unmerge(json.loads(merged_path.read_text()))]
+        docs = []
         log(f"bnspec: no results in {raw_dir}; re-rendering from {merged_path}")
+    # flavours not re-run keep their earlier results (their run date is in the environment table)
+    fresh = {d["flavour"] for d in docs}
+    kept = [dict(d, kept=bool(docs)) for d in earlier if d["flavour"] not in fresh]
+    if kept and docs:
+        log(f"bnspec: {', '.join(d['flavour'] for d in kept)} not re-run: kept from {merged_path}")
+    order = {f: i for i, f in enumerate(FLAVOURS)}
+    docs = sorted(docs + kept, key=lambda d: (order.get(d["flavour"], len(order)), d["flavour"]))
     out_dir.mkdir(parents=True, exist_ok=True)
     paths.atomic_write_json(merged_path, merge(docs))
     text = render(docs)

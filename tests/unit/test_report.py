@@ -98,3 +98,16 @@ def test_report_is_rerendered_from_merged_results_without_raw(tmp_path):
     assert notes and "re-rendering" in notes[0]
     strip = lambda md: md.split("## Summary")[1]  # noqa: E731
     assert strip(first) == strip(again)
+
+
+def test_flavours_not_rerun_are_kept_from_the_merged_results(tmp_path):
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    raw.mkdir()
+    for flav in ("keras3", "tfkeras"):
+        (raw / f"{flav}.json").write_text(json.dumps(_doc([_test("t::k", "K01", "passed", "holds", "holds")], flav)))
+    report.write(raw, out, log=lambda m: None)
+    (raw / "tfkeras.json").unlink()  # the next run tests keras3 only
+    notes = []
+    md = report.write(raw, out, log=notes.append).read_text()
+    assert any("tfkeras not re-run: kept" in n for n in notes)
+    assert "tfkeras (earlier run, kept)" in md and "tfkeras (3.0)" in md
