@@ -10,7 +10,7 @@ import pytest
 
 pytest_plugins = ["bnspec.plugin"]
 
-from bnspec.plugin import DEVICES
+from bnspec import DEVICES
 
 
 @pytest.fixture(scope="session")
@@ -28,7 +28,7 @@ def keras(flavour):
     try:
         return flavours.keras_module(flavour)
     except BnspecError as exc:
-        pytest.skip(f"flavour {flavour} is not installed: {exc}")
+        pytest.skip(str(exc))
 
 
 @pytest.fixture(scope="session")

@@ -25,12 +25,9 @@ from pathlib import Path
 
 import pytest
 
-from bnspec import claims, flavours, paths, results
+from bnspec import DEVICES, claims, flavours, paths, results
 
 PROP = "bnspec"
-
-
-DEVICES = ("cpu", "gpu")
 
 
 def pytest_addoption(parser):
