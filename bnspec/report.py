@@ -230,20 +230,18 @@ def _surprises(sums: dict, docs: list[dict]) -> list[str]:
         if not observed or (set(observed.values()) == {claims.HOLDS}):
             continue
         differs = len(set(observed.values())) > 1
-        out.append(f"- **{c.id}** ({c.source}): *{c.statement}*")
+        out.append(f"- **{c.id}** ({c.source}): *{c.statement}*" + (" — *differs between flavours*" if differs else ""))
         for f, obs in observed.items():
-            s = sums[f][c.id]
-            whys = sorted({t.get("expected_why") for t in s["tests"]
-                           if t.get("expected_why") and t.get("observed") == claims.REFUTED})
-            text = f"  - {labels[f]}: **{obs}**" + (f" — {whys[0]}" if whys else "")
-            out.append(text)
-        headline = next((sums[f][c.id]["headline"] for f in observed if sums[f][c.id]["headline"]), "")
-        if headline:
-            out.append(f"  - measured: {headline}")
+            tests = [t for t in sums[f][c.id]["tests"] if t.get("observed")]
+            refuted = [t for t in tests if t["observed"] == claims.REFUTED]
+            shown = (refuted or tests)[:1]
+            whys = sorted({t.get("expected_why") for t in refuted if t.get("expected_why")})
+            line = f"  - {labels[f]}: **{obs}**" + (f" — {whys[0]}" if whys else "")
+            if shown:
+                line += f". Measured [{_case_id(shown[0])}]: {shown[0]['summary']}"
+            out.append(line)
         if c.advice:
             out.append(f"  - what to do: {c.advice}")
-        if differs:
-            out[-1 - (1 if c.advice else 0) - (1 if headline else 0) - len(observed)] += " — *differs between flavours*"
     if not out:
         return []
     return ["## What surprised us", "",
