@@ -19,9 +19,14 @@ import numpy as np
 from bnspec.model import bn_layers
 
 
-def recompute(model, batches, unbiased: bool = True, progress: bool = False) -> dict:
+def recompute(model, batches, unbiased: bool = True, progress: bool = False,
+              elements_per_feature: int | None = None) -> dict:
     """Overwrite the moving statistics of `model`'s BN layers with population statistics over
-    `batches` (an iterable of equally sized input arrays). Returns {"batches", "batch_size", "seconds"}."""
+    `batches` (an iterable of equally sized input arrays). Returns {"batches", "batch_size", "seconds"}.
+
+    The unbiased factor m/(m-1) needs m, the number of values each batch statistic is taken over:
+    the batch size for dense inputs (the default), batch x H x W for convolutional ones — pass it as
+    `elements_per_feature` there."""
     layers = bn_layers(model)
     if not layers:
         raise ValueError("the model has no BatchNormalization layer")
@@ -49,6 +54,7 @@ def recompute(model, batches, unbiased: bool = True, progress: bool = False) -> 
     if n == 0:
         raise ValueError("no batches given")
     if unbiased:
+        m = elements_per_feature or m
         if m < 2:
             raise ValueError("the unbiased variance needs batches of at least 2")
         for layer in layers:
