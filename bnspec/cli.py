@@ -7,7 +7,6 @@ Exit codes: 0 success, 1 runtime error (one line on stderr), 2 bad usage; `run` 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -83,8 +82,7 @@ def _cmd_paper(args) -> int:
     if args.compute_only:
         return 0
     png, js = paper.write_outputs(res, args.out)
-    for line in paper.report_section(json.loads(js.read_text()))[6:12]:
-        print(line)
+    print("\n".join(paper.summary_lines(paper.summary(res))))
     print(f"bnspec: wrote {png} and {js}")
     raw = args.out / "raw"
     if raw.is_dir() or (args.out / "results.json").is_file():

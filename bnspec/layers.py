@@ -44,14 +44,14 @@ def _register(cls):
     return register(package="bnspec")(cls)
 
 
-def _paper_forward(x, gamma, beta, axes, eps):
-    """Algorithm 1 with the paper's backward formulas as the gradient (x, gamma, beta)."""
+def _paper_forward(x, gamma, beta, mean, var, axes, eps):
+    """Algorithm 1 with the paper's backward formulas as the gradient (x, gamma, beta). `mean` and
+    `var` are x's batch statistics, computed once by the caller (who also feeds them to the moving
+    averages); inside the custom gradient they are constants, their derivatives are in `grad`."""
 
     @tf.custom_gradient
     def bn(x, gamma, beta):
-        mean = tf.reduce_mean(x, axes, keepdims=True)
         xc = x - mean
-        var = tf.reduce_mean(tf.square(xc), axes, keepdims=True)
         inv_std = tf.math.rsqrt(var + eps)
         x_hat = xc * inv_std
         y = gamma * x_hat + beta
@@ -139,12 +139,10 @@ class ExplicitBatchNorm(keras.layers.Layer):
         x = tf.cast(inputs, tf.float32) if in_dtype in (tf.float16, tf.bfloat16) else inputs
         gamma, beta = self._param(self.gamma, 1.0), self._param(self.beta, 0.0)
         if bool(training) and self.trainable:
+            mean, var = self._moments(x, mask)
             if self.paper_gradient and mask is None:
-                y = _paper_forward(x, gamma, beta, self._reduce, self.epsilon)
-                mean = tf.reduce_mean(x, self._reduce, keepdims=True)
-                var = tf.reduce_mean(tf.square(x - mean), self._reduce, keepdims=True)
+                y = _paper_forward(x, gamma, beta, mean, var, self._reduce, self.epsilon)
             else:
-                mean, var = self._moments(x, mask)
                 y = gamma * (x - mean) * tf.math.rsqrt(var + self.epsilon) + beta
             if self.update_moving:
                 m = self.momentum

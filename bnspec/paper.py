@@ -294,22 +294,28 @@ def write_outputs(res: dict[str, dict], out_dir: Path) -> tuple[Path, Path]:
     return png, out_dir / "paper" / "results.json"
 
 
+def summary_lines(s: dict) -> list[str]:
+    """The measured orderings and ratios as markdown bullets (the CLI prints them too)."""
+    fa = s["final_accuracy"]
+    return [
+        "- final test accuracy: " + ", ".join(f"{k} {v:.4f}" for k, v in fa.items()),
+        f"- BN minus baseline accuracy from step 5,000 on: at least {s['bn_minus_baseline_from_5000']:+.4f}",
+        f"- BN reaches the baseline's final accuracy at step {s['bn_steps_to_baseline_final']} "
+        f"(baseline: {s['baseline_steps']})",
+        f"- drift of the median sigmoid input: {s['median_drift']['baseline']:.2f} without BN, "
+        f"{s['median_drift']['bn']:.2f} with BN; of the 15-85 spread: {s['spread_drift']['baseline']:.2f} vs "
+        f"{s['spread_drift']['bn']:.2f}",
+        "- wall time per run (s): " + ", ".join(f"{k} {v}" for k, v in s["seconds"].items())
+        + "; steps/s: " + ", ".join(f"{k} {v}" for k, v in s["steps_per_second"].items()),
+    ]
+
+
 def report_section(doc: dict, figure_name: str = "paper_figure1.png") -> list[str]:
     """The report's section for reports/paper/results.json (no TensorFlow)."""
-    s, runs = doc["summary"], doc["runs"]
-    fa = s["final_accuracy"]
+    run = doc["runs"]["bn-lr0.1"]["run"]
     lines = ["## The paper's MNIST experiment (Figure 1), reproduced", "",
-             "`bnspec paper` (or `tox -e paper`): 3 x 100 sigmoid units, N(0, 0.05^2) weights, plain SGD, "
-             "50,000 steps of 60, the same initial weights and batch order with and without BN "
+             f"`bnspec paper` (or `tox -e paper`): 3 x 100 sigmoid units, N(0, {run['init_std']:g}^2) weights, plain "
+             f"SGD, {run['steps']:,} steps of {run['batch']}, the same initial weights and batch order with and without BN "
              "(choices and reasons: `bnspec/paper.py`). Claims P07-P10 test the orderings below.", "",
-             f"![Figure 1 reproduced]({figure_name})", "",
-             f"- final test accuracy: " + ", ".join(f"{k} {v:.4f}" for k, v in fa.items()),
-             f"- BN minus baseline accuracy from step 5,000 on: at least {s['bn_minus_baseline_from_5000']:+.4f}",
-             f"- BN reaches the baseline's final accuracy at step {s['bn_steps_to_baseline_final']} "
-             f"(baseline: {s['baseline_steps']})",
-             f"- drift of the median sigmoid input: {s['median_drift']['baseline']:.2f} without BN, "
-             f"{s['median_drift']['bn']:.2f} with BN; of the 15-85 spread: {s['spread_drift']['baseline']:.2f} vs "
-             f"{s['spread_drift']['bn']:.2f}",
-             "- wall time per run (s): " + ", ".join(f"{k} {v}" for k, v in s["seconds"].items())
-             + "; steps/s: " + ", ".join(f"{k} {v}" for k, v in s["steps_per_second"].items()), ""]
-    return lines + table(runs) + [""]
+             f"![Figure 1 reproduced]({figure_name})", ""]
+    return lines + summary_lines(doc["summary"]) + [""] + table(doc["runs"]) + [""]

@@ -218,26 +218,34 @@ _CONFIG: dict = {}
 @pytest.hookimpl(tryfirst=True)
 def pytest_sessionstart(session):
     _CONFIG["config"] = session.config
-    if not _is_worker(session.config) and os.environ.get("BNSPEC_PREPARE", "1") != "0":
+    if not _is_worker(session.config) and os.environ.get("BNSPEC_PREPARE", "1") != "0" and _needs_model(session.config):
         prepare(session.config)
-        if _needs_model(session.config):
-            prepare_paper(session.config)
+        prepare_paper(session.config)
+
+
+# Suites that build what they need themselves (small models, isolated caches) or need no model at all.
+SELF_CONTAINED = ("unit", "robustness", "benchmarks")
 
 
 def _needs_model(config) -> bool:
-    """False when every path given on the command line lies in tests/unit (no trained model needed)."""
+    """False when every path given on the command line lies in a self-contained suite."""
     targets = [a for a in config.args if not a.startswith("-")]
-    return not targets or any("unit" not in Path(a.split("::")[0]).parts for a in targets)
+    return not targets or any(not set(SELF_CONTAINED) & set(Path(a.split("::")[0]).parts) for a in targets)
+
+
+def _run_visibly(config, announce: str, *args: str) -> int:
+    """`python -m bnspec ARGS` with pytest's capture off, so its progress reaches the terminal."""
+    capman = config.pluginmanager.get_plugin("capturemanager")
+    with capman.global_and_fixture_disabled():
+        print(f"bnspec: {announce} (progress below)", flush=True)
+        return subprocess.call([sys.executable, "-m", "bnspec", *args])
 
 
 def prepare(config) -> None:
-    """Fetch MNIST and train the cached model before any test (or xdist worker) starts, in a
+    """Fetch MNIST and train the cached models before any test (or xdist worker) starts, in a
     subprocess whose progress reaches the terminal. Cheap when cached: no TensorFlow is imported here.
     Set BNSPEC_PREPARE=0 to leave it to the tests' fixtures."""
     from bnspec import training
-
-    if not _needs_model(config):
-        return
     from bnspec.model import ModelSpec
 
     entries = [training.cached_entry(ModelSpec(bn=bn)) for bn in ("keras", "explicit")]
@@ -246,11 +254,8 @@ def prepare(config) -> None:
         if tr is not None:
             tr.write_line(f"bnspec: reusing cached models {', '.join(e.name for e in entries)}")
         return
-    capman = config.pluginmanager.get_plugin("capturemanager")
-    with capman.global_and_fixture_disabled():
-        print("bnspec: models not cached yet: fetching MNIST and training the notebook's model once with "
-              "Keras' BN and once with ExplicitBatchNorm (progress below)", flush=True)
-        code = subprocess.call([sys.executable, "-m", "bnspec", "train", "--bn", "all"])
+    code = _run_visibly(config, "models not cached yet: fetching MNIST and training the notebook's model once "
+                        "with Keras' BN and once with ExplicitBatchNorm", "train", "--bn", "all")
     config._bnspec_trained_now = code == 0
     if code != 0 and tr is not None:
         tr.write_line(f"bnspec: preparation failed (exit {code}); the tests that need the model will report why")
@@ -267,11 +272,8 @@ def prepare_paper(config) -> None:
 
     if not _wants_paper(config) or all(paper.cached(run) for run in paper.RUNS):
         return
-    capman = config.pluginmanager.get_plugin("capturemanager")
-    with capman.global_and_fixture_disabled():
-        print("bnspec: the paper's MNIST experiment is not cached yet: 4 runs of 50,000 steps (progress below)",
-              flush=True)
-        subprocess.call([sys.executable, "-m", "bnspec", "paper", "--compute-only"])
+    _run_visibly(config, "the paper's MNIST experiment is not cached yet: 4 runs of 50,000 steps",
+                 "paper", "--compute-only")
 
 
 def _cpu_model() -> str:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 U32 = 2.0**-24  # float32 unit roundoff
+U16 = 2.0**-11  # float16 unit roundoff
 
 
 def _axes(x: np.ndarray, axis: int) -> tuple[int, ...]:
@@ -87,6 +88,12 @@ def bn_bound(x, gamma, beta, mean, var, eps: float, axis: int = -1, n_reduce: in
         d_var = 2 * (n_reduce + 2) * U32 * (x**2).mean(axis=axes)
         bound = bound + inv * b(d_mean) + np.abs(x - b(mean)) * inv * b(d_var) / (2 * (b(var) + eps))
     return bound
+
+
+def float16_output_bound(ref, bound) -> np.ndarray:
+    """Mixed precision: the float32 result (within `bound` of the exact `ref`) is rounded once more,
+    to float16, which adds at most U16 relative to what is rounded."""
+    return bound + U16 * (np.abs(ref) + bound)
 
 
 def batch_of_one_bound(x, gamma, beta, eps: float) -> np.ndarray:

@@ -16,7 +16,6 @@ from pathlib import Path
 from tabulate import tabulate
 
 from bnspec import claims, paths, results
-from bnspec.flavours import FLAVOURS
 
 OK, UNEXPECTED, ERROR, SKIPPED, NOT_RUN = "as expected", "UNEXPECTED", "ERROR", "skipped", "not run"
 
@@ -163,19 +162,6 @@ def render(docs: list[dict]) -> str:
         lines.append(tabulate(rows, headers=headers, tablefmt="github"))
         lines.append("")
 
-    refuted = [(c, f) for c in claims.CLAIMS for f in flavs
-               if sums[f][c.id]["observed"] not in (claims.HOLDS, NOT_RUN)]
-    if refuted:
-        lines += ["## Claims that do not hold (everywhere)", ""]
-        for c, f in refuted:
-            s = sums[f][c.id]
-            whys = sorted({t.get("expected_why") for t in s["tests"] if t.get("expected_why")})
-            lines.append(f"- **{c.id}** on {f}: {s['observed']}. {c.statement} ({c.source})")
-            for why in whys:
-                lines.append(f"  - why: {why}")
-            lines.append(f"  - evidence: {s['headline']}")
-        lines.append("")
-
     problems = [(c, f, sums[f][c.id]) for c in claims.CLAIMS for f in flavs
                 if sums[f][c.id]["status"] in (UNEXPECTED, ERROR)]
     lines += ["## Unexpected results", ""]
@@ -288,8 +274,7 @@ def write(raw_dir: Path, out_dir: Path, log=print) -> Path:
     kept = [dict(d, kept=bool(docs)) for d in earlier if d["flavour"] not in fresh]
     if kept and docs:
         log(f"bnspec: {', '.join(d['flavour'] for d in kept)} not re-run: kept from {merged_path}")
-    order = {f: i for i, f in enumerate(FLAVOURS)}
-    docs = sorted(docs + kept, key=lambda d: (order.get(d["flavour"], len(order)), d["flavour"]))
+    docs = results.in_flavour_order(docs + kept)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths.atomic_write_json(merged_path, merge(docs))
     text = render(docs)

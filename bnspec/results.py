@@ -58,10 +58,15 @@ def load_dir(directory: Path) -> list[dict]:
     files = sorted(Path(directory).glob("*.json"))
     if not files:
         raise ResultsError(f"{directory}: no results files; run the tests first (bnspec run)")
+    return in_flavour_order(load(f) for f in files)
+
+
+def in_flavour_order(docs) -> list[dict]:
+    """Results sorted as bnspec.flavours.FLAVOURS lists the flavours (unknown ones last)."""
     from bnspec.flavours import FLAVOURS
 
     order = {f: i for i, f in enumerate(FLAVOURS)}
-    return sorted((load(f) for f in files), key=lambda d: (order.get(d["flavour"], len(order)), d["flavour"]))
+    return sorted(docs, key=lambda d: (order.get(d["flavour"], len(order)), d["flavour"]))
 
 
 def verdicts(doc: dict) -> dict[str, tuple]:

@@ -35,29 +35,7 @@ def _info(benchmark, shape, mode, impl, factor):
                                  "bytes": factor * 4 * n, "elements": n})
 
 
-@pytest.fixture(scope="module")
-def tf():
-    from bnspec import flavours
-
-    flavours.keras_module()
-    import tensorflow
-
-    return tensorflow
-
-
-@pytest.fixture(scope="module")
-def keras(tf):
-    from bnspec import flavours
-
-    return flavours.keras_module()
-
-
-@pytest.fixture(params=["cpu", "gpu"])
-def device(request, tf):
-    if request.param == "gpu" and not tf.config.list_physical_devices("GPU"):
-        pytest.skip("no GPU visible to TensorFlow")
-    with tf.device("/GPU:0" if request.param == "gpu" else "/CPU:0"):
-        yield request.param
+# The fixtures `tf`, `keras` and `device` (CPU always, GPU when visible) come from conftest.py.
 
 
 def _data(shape):

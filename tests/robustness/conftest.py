@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers import ROOT  # re-exported to the robustness modules
 
 # A child that asks the training cache for a small model and prints what it got.
 TRAIN_CHILD = """

@@ -1,31 +1,16 @@
 """The CLI's cheap paths, and the claim registry's consistency with the tests."""
 
 import ast
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from bnspec import claims, flavours
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _bnspec(*args, **kw):
-    return subprocess.run([sys.executable, "-m", "bnspec", *args], capture_output=True, text=True, cwd=kw.get("cwd", ROOT))
-
-
-def test_help_does_not_import_tensorflow():
-    code = "import sys; from bnspec import cli\ntry:\n  cli.main(['--help'])\nexcept SystemExit: pass\nprint('tensorflow' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
-    assert out.stdout.strip().splitlines()[-1] == "False"
-
+from tests.helpers import ROOT, run_bnspec
 
 def test_usage_errors_exit_2_and_runtime_errors_exit_1(tmp_path):
-    bad = _bnspec("frobnicate")
+    bad = run_bnspec("frobnicate")
     assert bad.returncode == 2 and "invalid choice" in bad.stderr
-    missing = _bnspec("report", "--raw", str(tmp_path / "none"), "--out", str(tmp_path))
+    missing = run_bnspec("report", "--raw", str(tmp_path / "none"), "--out", str(tmp_path))
     assert missing.returncode == 1
     assert missing.stderr.count("\n") == 1 and "run the tests first" in missing.stderr
 

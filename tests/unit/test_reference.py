@@ -1,20 +1,9 @@
 """bnspec.reference and bnspec.convert need numpy only: proven in a subprocess where importing
 TensorFlow or Keras fails."""
 
-import subprocess
-import sys
-from pathlib import Path
+from tests.helpers import BLOCK_TF, run_python
 
-ROOT = Path(__file__).resolve().parents[2]
-
-BLOCKED = r'''
-import sys
-class Block:
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("tensorflow", "keras", "tf_keras", "torch"):
-            raise ImportError(f"blocked for this test: {name}")
-        return None
-sys.meta_path.insert(0, Block())
+USE_REFERENCE = r'''
 import numpy as np
 from bnspec import convert, reference
 rng = np.random.default_rng(0)
@@ -29,7 +18,7 @@ print("ok", "tensorflow" in sys.modules)
 
 
 def test_reference_runs_without_tensorflow():
-    out = subprocess.run([sys.executable, "-c", BLOCKED], capture_output=True, text=True, cwd=ROOT, check=False)
+    out = run_python(BLOCK_TF + USE_REFERENCE)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["ok", "False"]
 
