@@ -100,7 +100,9 @@ def _esc(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def render(docs: list[dict]) -> str:
+def render(docs: list[dict], sections: list[str] = ()) -> str:
+    """The report; `sections` (markdown lines: the paper's experiment, benchmarks) go before the
+    long per-case evidence, which closes the report."""
     sums = {d["flavour"]: summarise(d) for d in docs}
     flavs = [d["flavour"] for d in docs]
     lines = ["# bnspec report: Batch Normalization claims on this TensorFlow/Keras", ""]
@@ -175,6 +177,7 @@ def render(docs: list[dict]) -> str:
                              f"{_esc(t.get('message', ''))[:500]}")
         lines.append("")
 
+    lines += list(sections)
     lines += ["## Evidence per case", "",
               "Every measured case with its numbers (`reports/results.json` holds the same data).", ""]
     for c in claims.CLAIMS:
@@ -277,18 +280,19 @@ def write(raw_dir: Path, out_dir: Path, log=print) -> Path:
     docs = results.in_flavour_order(docs + kept)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths.atomic_write_json(merged_path, merge(docs))
-    text = render(docs)
+    sections = []
     paper_json = out_dir / "paper" / "results.json"
     if paper_json.is_file():
         from bnspec import paper
 
-        text += "\n" + "\n".join(paper.report_section(json.loads(paper_json.read_text())))
+        sections += paper.report_section(json.loads(paper_json.read_text()))
     from bnspec import bench
 
     runs = bench.saves(out_dir / "benchmarks" / "history")
     if runs:
         previous = bench.load(runs[-2]) if len(runs) > 1 else None
-        text += "\n" + "\n".join(bench.render(bench.load(runs[-1]), previous))
+        sections += bench.render(bench.load(runs[-1]), previous)
+    text = render(docs, sections)
     target = out_dir / "REPORT.md"
     paths.atomic_write_bytes(target, (text + "\n").encode())
     return target
