@@ -1,7 +1,9 @@
 """Fixtures shared by every bnspec test: the Keras flavour, devices, MNIST, and the trained model.
 
-The trained model comes from bnspec.training's cache: the first process that needs it trains it
-(under a file lock, so N pytest-xdist workers train it once) and every later test and run reuses it.
+What a test needs is prepared by its fixtures, only when a selected test asks for it: the trained
+model comes from bnspec.training's cache, where the first process that needs it trains it (under a
+file lock, so N pytest-xdist workers train it once, with progress on the terminal) and every later
+test and run reuses it; the paper's experiment likewise (tests/claims/test_paper_experiment.py).
 """
 
 from __future__ import annotations
@@ -33,8 +35,11 @@ def keras(flavour):
 
 @pytest.fixture(scope="session")
 def tf(keras):
+    """TensorFlow, with TF32 off: on Ampere/Hopper GPUs TensorFlow runs float32 matmuls in TF32 (10-bit
+    mantissa) by default, and every float32 bound in bnspec.reference assumes float32 arithmetic."""
     import tensorflow
 
+    tensorflow.config.experimental.enable_tensor_float_32_execution(False)
     return tensorflow
 
 

@@ -25,11 +25,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"bnspec {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = sub.add_parser("run", help="run the claim suite in parallel (pytest -n auto), then write the report",
-                         description="Run pytest with -n auto (it fetches MNIST and trains the model once, both "
-                         "cached), then write reports/REPORT.md. Extra arguments go to pytest, e.g. "
+    run = sub.add_parser("run", help="measure every claim (pytest tests/claims -n auto), then write the report",
+                         description="Run the claim suite with pytest -n auto (the tests that need it fetch MNIST "
+                         "and train the model once, both cached), then write reports/REPORT.md. Exit status: "
+                         "pytest's (1 when a verdict is unexpected or a measurement broke); unmeasured claims are "
+                         "listed but do not fail the run unless --strict. Extra arguments go to pytest, e.g. "
                          "bnspec run -k K01 -n 0")
     run.add_argument("--no-report", action="store_true", help="do not write the report after the tests")
+    run.add_argument("--all", action="store_true",
+                     help="also run bnspec's own unit and robustness tests (what plain `pytest` runs)")
+    run.add_argument("--strict", action="store_true", help="exit 3 when a claim is unmeasured on this run")
     run.add_argument("--claim", action="append", default=[], metavar="ID",
                      help="run only this claim's tests (repeat or comma-separate: --claim K01,N05)")
     run.add_argument("--device", choices=("cpu", "gpu"), default=None,
@@ -40,6 +45,9 @@ def _parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="results JSON -> reports/REPORT.md (no TensorFlow needed)")
     rep.add_argument("--raw", type=Path, default=Path("reports/raw"), help="directory of <flavour>.json results")
     rep.add_argument("--out", type=Path, default=Path("reports"), help="where REPORT.md and results.json go")
+    rep.add_argument("--check", action="store_true",
+                     help="write nothing: re-render REPORT.md and EVIDENCE.md from the committed results.json and "
+                     "exit 1 if they differ from the files (CI runs this)")
 
     sub.add_parser("data", help="obtain and verify MNIST (sha256) into the cache; prints where it is")
 
@@ -50,8 +58,9 @@ def _parser() -> argparse.ArgumentParser:
 
     cmp_ = sub.add_parser("compare", help="compare the verdict tables of two results JSONs (exit 1 if they differ)",
                           description="Compare two runs, e.g. `pytest -n 0` and `pytest -n 2`, or two runs in a "
-                          "row: outcome, expected and observed verdict per test case. Evidence numbers are not "
-                          "compared. No TensorFlow needed.")
+                          "row: outcome and observed verdict per test case, per run key (flavour/backend). Takes "
+                          "reports/raw/<key>.json files or the merged reports/results.json. Evidence numbers are "
+                          "not compared. No TensorFlow needed.")
     cmp_.add_argument("first", type=Path)
     cmp_.add_argument("second", type=Path)
 
@@ -70,6 +79,14 @@ def _parser() -> argparse.ArgumentParser:
 def _cmd_report(args) -> int:
     from bnspec import report
 
+    if args.check:
+        problems = report.check(args.out)
+        for p in problems:
+            print(f"bnspec: {p}", file=sys.stderr)
+        if problems:
+            return 1
+        print(f"bnspec: {args.out / 'REPORT.md'} and EVIDENCE.md are what this code renders from {args.out / 'results.json'}")
+        return 0
     target = report.write(args.raw, args.out)
     print(f"bnspec: wrote {target} and {args.out / 'results.json'}")
     return 0
@@ -77,12 +94,13 @@ def _cmd_report(args) -> int:
 
 def _cmd_paper(args) -> int:
     from bnspec import paper, report
+    from bnspec.report.paper import summary_lines
 
     res = paper.all_results()
     if args.compute_only:
         return 0
     png, js = paper.write_outputs(res, args.out)
-    print("\n".join(paper.summary_lines(paper.summary(res))))
+    print("\n".join(summary_lines(paper.summary(res))))
     print(f"bnspec: wrote {png} and {js}")
     raw = args.out / "raw"
     if raw.is_dir() or (args.out / "results.json").is_file():
@@ -93,11 +111,11 @@ def _cmd_paper(args) -> int:
 def _cmd_compare(args) -> int:
     from bnspec import results
 
-    a, b = results.load(args.first), results.load(args.second)
+    a, b = results.load_any(args.first), results.load_any(args.second)
     diffs = results.compare(a, b)
-    n = len(results.verdicts(a))
+    n = sum(len(results.verdicts(d)) for d in a)
     if not diffs:
-        print(f"bnspec: identical verdict tables ({n} test cases, flavour {a['flavour']})")
+        print(f"bnspec: identical verdict tables ({n} test cases; {', '.join(results.key(d) for d in a)})")
         return 0
     print(f"bnspec: {len(diffs)} difference(s) between {args.first} and {args.second}:")
     for line in diffs:
@@ -133,9 +151,27 @@ def _cmd_claims(args) -> int:
 
     from bnspec import claims
 
-    rows = [[c.id, c.topic, c.statement, c.source] for c in claims.CLAIMS]
-    print(tabulate(rows, headers=["id", "topic", "statement", "source"], tablefmt="simple", maxcolwidths=[None, 16, 70, 40]))
+    tests = _claim_tests()
+    rows = [[c.id, c.title, f"tests/claims/test_{c.topic}.py::" + ", ".join(tests.get(c.id, ["(no test)"])), c.source]
+            for c in claims.CLAIMS]
+    print(tabulate(rows, headers=["id", "title", "test", "source"], tablefmt="simple", maxcolwidths=[None, 34, 50, 40]))
     return 0
+
+
+def _claim_tests() -> dict[str, list[str]]:
+    """claim id -> test function names, read from tests/claims/ without importing them (no TensorFlow)."""
+    import ast
+
+    found: dict[str, list[str]] = {}
+    root = Path(__file__).resolve().parents[1] / "tests" / "claims"
+    for f in sorted(root.glob("test_*.py")):
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.FunctionDef):
+                for dec in node.decorator_list:
+                    if (isinstance(dec, ast.Call) and getattr(dec.func, "attr", "") == "claim" and dec.args
+                            and isinstance(dec.args[0], ast.Constant)):
+                        found.setdefault(dec.args[0].value, []).append(node.name)
+    return found
 
 
 def _cmd_cache(args) -> int:
@@ -184,6 +220,8 @@ def _cmd_run(args, pytest_args: list[str], parser=None) -> int:
     cmd = [sys.executable, "-m", "pytest"] + own
     if not any(a == "-n" or a.startswith("-n") or a.startswith("--numprocesses") for a in pytest_args):
         cmd += ["-n", "auto"]
+    if not args.all and not any(not a.startswith("-") and Path(a.split("::")[0]).exists() for a in pytest_args):
+        cmd.append("tests/claims")  # the main job measures the claims; --all adds bnspec's own tests
     cmd += pytest_args
     print(f"bnspec: {' '.join(cmd)}", flush=True)
     code = subprocess.call(cmd, env=env)
@@ -192,7 +230,19 @@ def _cmd_run(args, pytest_args: list[str], parser=None) -> int:
 
         target = report.write(Path("reports/raw"), Path("reports"))
         print(f"bnspec: wrote {target}")
+        if code == 0 and args.strict and _unmeasured_now():
+            print("bnspec: --strict: some claims are unmeasured on this run (see the terminal summary)", file=sys.stderr)
+            return 3
     return code
+
+
+def _unmeasured_now() -> bool:
+    from bnspec import flavours, results
+    from bnspec.report import verdicts
+
+    key = flavours.current() if flavours.backend() == "tensorflow" else f"{flavours.current()}-{flavours.backend()}"
+    doc = results.load(Path("reports/raw") / f"{key}.json")
+    return any(s["status"] == verdicts.UNMEASURED for s in verdicts.summarise(doc).values())
 
 
 def main(argv: list[str] | None = None) -> int:

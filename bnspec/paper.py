@@ -273,49 +273,8 @@ def figure(res: dict[str, dict], target: Path) -> Path:
     return target
 
 
-def table(res: dict[str, dict], every: int = 5000) -> list[str]:
-    names = [r.name for r in RUNS]
-    lines = ["| step | " + " | ".join(f"{n}: accuracy" for n in names) + " | baseline 15/50/85 | BN 15/50/85 |",
-             "|" + "---|" * (len(names) + 3)]
-    base, bn = res["baseline-lr0.1"]["checkpoints"], res["bn-lr0.1"]["checkpoints"]
-    for i, c in enumerate(base):
-        if c["step"] % every and c["step"] != 1000:
-            continue
-        accs = " | ".join(f"{res[n]['checkpoints'][i]['test_accuracy']:.4f}" for n in names)
-        fmt = lambda ps: "/".join(f"{v:+.2f}" for v in ps)  # noqa: E731
-        lines.append(f"| {c['step']} | {accs} | {fmt(c['percentiles'])} | {fmt(bn[i]['percentiles'])} |")
-    return lines
-
-
 def write_outputs(res: dict[str, dict], out_dir: Path) -> tuple[Path, Path]:
     png = figure(res, out_dir / "paper_figure1.png")
     summ = summary(res)
     paths.atomic_write_json(out_dir / "paper" / "results.json", {"summary": summ, "runs": res})
     return png, out_dir / "paper" / "results.json"
-
-
-def summary_lines(s: dict) -> list[str]:
-    """The measured orderings and ratios as markdown bullets (the CLI prints them too)."""
-    fa = s["final_accuracy"]
-    return [
-        "- final test accuracy: " + ", ".join(f"{k} {v:.4f}" for k, v in fa.items()),
-        f"- BN minus baseline accuracy from step 5,000 on: at least {s['bn_minus_baseline_from_5000']:+.4f}",
-        f"- BN reaches the baseline's final accuracy at step {s['bn_steps_to_baseline_final']} "
-        f"(baseline: {s['baseline_steps']})",
-        f"- drift of the median sigmoid input: {s['median_drift']['baseline']:.2f} without BN, "
-        f"{s['median_drift']['bn']:.2f} with BN; of the 15-85 spread: {s['spread_drift']['baseline']:.2f} vs "
-        f"{s['spread_drift']['bn']:.2f}",
-        "- wall time per run (s): " + ", ".join(f"{k} {v}" for k, v in s["seconds"].items())
-        + "; steps/s: " + ", ".join(f"{k} {v}" for k, v in s["steps_per_second"].items()),
-    ]
-
-
-def report_section(doc: dict, figure_name: str = "paper_figure1.png") -> list[str]:
-    """The report's section for reports/paper/results.json (no TensorFlow)."""
-    run = doc["runs"]["bn-lr0.1"]["run"]
-    lines = ["## The paper's MNIST experiment (Figure 1), reproduced", "",
-             f"`bnspec paper` (or `tox -e paper`): 3 x 100 sigmoid units, N(0, {run['init_std']:g}^2) weights, plain "
-             f"SGD, {run['steps']:,} steps of {run['batch']}, the same initial weights and batch order with and without BN "
-             "(choices and reasons: `bnspec/paper.py`). Claims P07-P10 test the orderings below.", "",
-             f"![Figure 1 reproduced]({figure_name})", ""]
-    return lines + summary_lines(doc["summary"]) + [""] + table(doc["runs"]) + [""]

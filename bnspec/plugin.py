@@ -1,42 +1,65 @@
-"""pytest plugin: the `claim` marker, the `verdict` fixture, and the results JSON.
+"""pytest plugin: the `claim` marker, the `verdict` fixture, the results JSON and the run's summary.
 
-A claim test measures, records numbers, and concludes:
+A claim test measures, compares through the verdict's helpers, and concludes:
 
     @pytest.mark.claim("K01")
     def test_something(verdict):
-        err = ...
-        verdict.record(max_abs_err=err, bound=bound)
-        verdict.conclude(err <= bound, f"max |y - ref| = {err:.2e} <= bound {bound:.2e}")
+        ok = verdict.within("output_err", np.abs(y - ref), bound)   # recorded: max err, bound, ratio
+        verdict.power("unbiased_alternative", np.abs(y_unbiased - ref), bound)  # else the test has no power
+        verdict.conclude(ok, "max |y - ref| within its float32 bound")
 
-`conclude` compares the observed verdict with the claim's expected verdict for this flavour,
-version and parametrisation, and fails the test when they differ. Evidence travels to the
-controller process in `user_properties` (this works under pytest-xdist), which writes one results
-file per run: reports/raw/<flavour>.json (option --bnspec-results).
+The helpers reduce with NaN-propagating operations and turn any non-finite measurement into an
+*error* of the test (`NonFiniteMeasurement`), never a verdict. `conclude` compares the observed
+verdict with the claim's expected one for this flavour, version, backend and case, and fails the
+test when they differ; an expected refutation must also be confirmed by the mechanism its rule
+names (`verdict.mechanism(name, confirmed)`), or the refutation is not the expected one.
+
+Run state lives in one object on the controller (`config.stash[STATE]`); evidence travels to it
+from xdist workers in `user_properties`. At the end the controller merges the run into
+reports/raw/<key>.json (bnspec.results.merge_run) and prints a one-line summary per claim status.
 """
 
 from __future__ import annotations
 
 import os
 import platform
-import subprocess
-import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from bnspec import DEVICES, claims, flavours, paths, results
+from bnspec import DEVICES, claims, flavours, paths, provenance, results
 
 PROP = "bnspec"
+
+
+class NonFiniteMeasurement(Exception):
+    """A measurement was NaN or infinite: an error of the test, never evidence for a verdict."""
+
+
+class NoPower(Exception):
+    """The test cannot tell the claim from its alternative on these inputs: its verdict would mean nothing."""
+
+
+@dataclass
+class RunState:
+    started: float = field(default_factory=time.time)
+    tests: dict = field(default_factory=dict)
+    model: dict | None = None
+
+
+STATE = pytest.StashKey[RunState]()
 
 
 def pytest_addoption(parser):
     parser.addoption(
         "--bnspec-results", default=None,
-        help="results JSON to write (default: reports/raw/<flavour>.json under the rootdir)",
+        help="results JSON to merge this run into (default: reports/raw/<flavour>.json under the rootdir)",
     )
     parser.addoption("--bnspec-claims", default=None,
-                     help="comma-separated claim ids: run only their tests (plus bnspec's own), e.g. K01,N05")
+                     help="comma-separated claim ids: run only their tests, e.g. K01,N05")
     parser.addoption("--bnspec-device", default=None, choices=DEVICES,
                      help="run the device-parametrised cases on this device only (default: cpu, and gpu when visible)")
 
@@ -44,10 +67,7 @@ def pytest_addoption(parser):
 def pytest_configure(config):
     config.addinivalue_line("markers", "claim(id): the claim (bnspec.claims) this test measures")
     config.addinivalue_line("markers", "slow: long-running; deselect with -m 'not slow'")
-    config._bnspec_started = time.time()
-    config._bnspec_tests = {}
-    config._bnspec_model = None
-    config._bnspec_trained_now = False
+    config.stash[STATE] = RunState()
 
 
 def selected_claims(config) -> set[str] | None:
@@ -62,41 +82,61 @@ def selected_claims(config) -> set[str] | None:
     return wanted
 
 
+def _node_selective(config) -> bool:
+    return any("::" in a for a in config.args)
+
+
+def _claim_of(item) -> str | None:
+    marks = [m.args[0] for m in item.iter_markers("claim")]
+    return marks[0] if marks else None
+
+
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
+    by_claim: dict[str, list[dict]] = {}
     for item in items:
-        for mark in item.iter_markers("claim"):
-            claims.get(mark.args[0])  # unknown claim ids fail collection with a clear message
+        cid = _claim_of(item)
+        if cid is not None:
+            if cid not in claims.BY_ID:
+                raise pytest.UsageError(f"{item.nodeid}: unknown claim id {cid!r} (bnspec/claims/)")
+            by_claim.setdefault(cid, []).append(case_params(item))
+    if not _node_selective(config):  # every case of a collected claim is here: check its case= rules
+        problems = [p for cid, params in sorted(by_claim.items()) for p in claims.get(cid).stale_cases(params)]
+        if problems:
+            raise pytest.UsageError("expected-verdict rules that match no test case (fix bnspec/claims/):\n  "
+                                    + "\n  ".join(problems))
     wanted, device = selected_claims(config), config.getoption("--bnspec-device")
     if wanted is None and device is None:
         return
     keep, drop = [], []
     for item in items:
-        marks = [m.args[0] for m in item.iter_markers("claim")]
+        cid = _claim_of(item)
         params = getattr(getattr(item, "callspec", None), "params", {})
-        ok = (wanted is None or not marks or marks[0] in wanted) and \
-            (device is None or params.get("device", device) == device)
+        ok = (wanted is None or cid in wanted) and (device is None or params.get("device", device) == device)
         (keep if ok else drop).append(item)
-    if wanted is not None:  # a claim filter runs claim tests only
-        drop += [i for i in keep if not list(i.iter_markers("claim"))]
-        keep = [i for i in keep if list(i.iter_markers("claim"))]
     items[:] = keep
     config.hook.pytest_deselected(items=drop)
 
 
-def _clean(value):
+def _clean(value, name: str = "value"):
+    """A JSON-able copy of an evidence value; a non-finite number is an error."""
     if isinstance(value, (bool, str)) or value is None:
         return value
     if isinstance(value, int):
         return int(value)
     if isinstance(value, float):  # also numpy.float64, a float subclass execnet cannot send
         value = float(value)
-        return value if value == value and abs(value) != float("inf") else str(value)
+        if value != value or abs(value) == float("inf"):
+            raise NonFiniteMeasurement(f"measurement {name!r} is {value}: a non-finite number is never evidence")
+        return value
     if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
+        return {str(k): _clean(v, f"{name}.{k}") for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
+        return [_clean(v, name) for v in value]
+    if isinstance(value, np.ndarray):
+        return _clean(value.tolist(), name)
     try:  # numpy scalars
-        return _clean(value.item())
+        return _clean(value.item(), name)
     except (AttributeError, ValueError):
         return str(value)
 
@@ -105,47 +145,137 @@ def case_params(item) -> dict:
     callspec = getattr(item, "callspec", None)
     if callspec is None:
         return {}
-    return {k: _clean(v) if isinstance(v, (bool, int, float, str, type(None))) else str(v)
-            for k, v in callspec.params.items()}
+    out = {}
+    for k, v in callspec.params.items():
+        out[k] = v if isinstance(v, (bool, int, str, type(None))) else float(v) if isinstance(v, float) else str(v)
+    return out
+
+
+def finite(name: str, values) -> np.ndarray:
+    """`values` as a float64 array; raises NonFiniteMeasurement if any element is NaN or infinite."""
+    arr = np.asarray(values, dtype=np.float64)
+    bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
+    if bad:
+        raise NonFiniteMeasurement(f"measurement {name!r} has {bad} non-finite value(s) of {np.size(arr)}: "
+                                   "a NaN or inf is never evidence for a verdict")
+    if arr.size == 0:
+        raise NonFiniteMeasurement(f"measurement {name!r} is empty")
+    return arr
 
 
 class Verdict:
-    """Collects evidence for one test case and checks the observed verdict against the claim's."""
+    """Collects evidence for one test case and checks the observed verdict against the claim's.
+
+    The comparison helpers share one spelling: each records `evidence[name] = {"value", "bound",
+    "ratio"}` where value is the largest measured quantity, bound the bound at the worst element and
+    ratio = max(value / bound) (<= 1 means within), and returns the comparison's outcome."""
 
     def __init__(self, item, claim: claims.Claim):
         self.item = item
         self.claim = claim
         self.params = case_params(item)
         self.flavour = flavours.current()
+        self.backend = flavours.backend()
         self.version = flavours.versions(self.flavour)["keras"]
-        self.expect = claim.expectation(self.flavour, self.version, self.params)
+        self.expect = claim.expectation(self.flavour, self.version, self.params, self.backend)
         self.evidence: dict = {}
+        self.mechanisms: dict[str, dict] = {}
         self.observed: str | None = None
         self.summary = ""
 
+    # ------------------------------------------------------------------ comparisons
+    def _compare(self, name: str, value, bound) -> tuple[np.ndarray, np.ndarray, float]:
+        v = np.abs(finite(name, value))
+        b = finite(f"{name} bound", bound)
+        if np.any(b < 0):
+            raise ValueError(f"{name}: a bound must be >= 0")
+        v, b = np.broadcast_arrays(v, b)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = np.where(b > 0, v / np.where(b > 0, b, 1.0), np.where(v > 0, np.inf, 0.0))
+        worst = int(np.argmax(ratio))
+        self.evidence[name] = {"value": float(v.max()), "bound": float(b.flat[worst]),
+                               "ratio": float(ratio.flat[worst]) if np.isfinite(ratio.flat[worst]) else "inf"}
+        self._publish()
+        return v, b, float(ratio.flat[worst])
+
+    def within(self, name: str, err, bound) -> bool:
+        """Every |err| <= its bound (elementwise, broadcast)."""
+        v, b, _ = self._compare(name, err, bound)
+        return bool(np.all(v <= b))
+
+    def beyond(self, name: str, value, bound) -> bool:
+        """Some |value| exceeds its bound: the measured quantity is outside what rounding explains."""
+        v, b, _ = self._compare(name, value, bound)
+        return bool(np.any(v > b))
+
+    def power(self, name: str, alternative_diff, bound) -> None:
+        """Require that the alternative (what the other mode/formula would give) differs from the claim's
+        prediction by more than the bound somewhere; otherwise the test has no power here (an error)."""
+        if not self.beyond(name, alternative_diff, bound):
+            raise NoPower(f"{self.claim.id}: {name} = {self.evidence[name]['value']:.3g} does not exceed the bound "
+                          f"{self.evidence[name]['bound']:.3g}: this case cannot tell the claim from its alternative")
+
+    def equal(self, name: str, a, b) -> bool:
+        """Bitwise equality of two finite arrays (e.g. a variable before and after a call)."""
+        a, b = finite(name, a), finite(f"{name} (second)", b)
+        same = a.shape == b.shape and bool(np.array_equal(a, b))
+        diff = float(np.abs(a - b).max()) if a.shape == b.shape else "shape differs"
+        self.evidence[name] = {"value": diff, "bound": 0.0, "ratio": 0.0 if same else "inf"}
+        self._publish()
+        return same
+
+    def count_nonfinite(self, name: str, values) -> int:
+        """How many elements are NaN/inf, recorded as a count: for claims *about* non-finite values
+        (a NaN example poisoning a batch); the count itself is finite evidence."""
+        arr = np.asarray(values, dtype=np.float64)
+        n = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
+        self.record(**{name: n})
+        return n
+
+    def mechanism(self, name: str, confirmed: bool, detail: str = "") -> bool:
+        """Record whether the mechanism `name` (named by an expected refutation's rule) was observed."""
+        self.mechanisms[name] = {"confirmed": bool(confirmed), "detail": detail}
+        self._publish()
+        return bool(confirmed)
+
     def record(self, **numbers) -> None:
-        self.evidence.update({k: _clean(v) for k, v in numbers.items()})
+        self.evidence.update({k: _clean(v, k) for k, v in numbers.items()})
         self._publish()
 
+    # ------------------------------------------------------------------ the verdict
     def conclude(self, holds: bool, summary: str) -> None:
         if self.observed is not None:
             raise RuntimeError("conclude() called twice in one test")
         self.observed = claims.HOLDS if bool(holds) else claims.REFUTED
         self.summary = summary
         self._publish()
+        where = f"{self.flavour} {self.version} ({self.backend})"
         if self.observed != self.expect.verdict:
             pytest.fail(
-                f"claim {self.claim.id} was expected to be {self.expect.verdict} on {self.flavour} "
-                f"{self.version} ({self.expect.why or 'see bnspec/claims.py'}) but is {self.observed}: {summary}",
+                f"claim {self.claim.id} was expected to be {self.expect.verdict} on {where} "
+                f"({self.expect.why or 'see bnspec/claims/'}) but is {self.observed}: {summary}",
                 pytrace=False,
             )
+        if self.observed == claims.REFUTED:
+            m = self.mechanisms.get(self.expect.mechanism)
+            if not (m and m["confirmed"]):
+                self.mechanism_failed = True
+                self._publish()
+                pytest.fail(
+                    f"claim {self.claim.id} is refuted on {where} as expected, but not by the mechanism the "
+                    f"expectation names ({self.expect.mechanism!r}: "
+                    f"{(m or {}).get('detail') or 'not confirmed by the test'}): {summary}",
+                    pytrace=False,
+                )
 
     def _publish(self) -> None:
         record = {
             "claim": self.claim.id, "params": self.params, "expected": self.expect.verdict,
-            "expected_why": self.expect.why, "observed": self.observed, "summary": self.summary,
-            "evidence": self.evidence,
+            "observed": self.observed, "summary": self.summary, "evidence": self.evidence,
+            "mechanisms": self.mechanisms, "mechanism": self.expect.mechanism or None,
         }
+        if getattr(self, "mechanism_failed", False):
+            record["mechanism_failed"] = True
         props = [p for p in self.item.user_properties if p[0] != PROP]
         self.item.user_properties[:] = props + [(PROP, record)]
 
@@ -163,10 +293,10 @@ def verdict(request):
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item, call):
-    marks = list(item.iter_markers("claim"))
-    if marks and not any(name == PROP for name, _ in item.user_properties):
+    cid = _claim_of(item)
+    if cid and not any(name == PROP for name, _ in item.user_properties):
         # a case skipped or broken before it measured anything still belongs to its claim
-        item.user_properties.append((PROP, {"claim": marks[0].args[0], "params": case_params(item)}))
+        item.user_properties.append((PROP, {"claim": cid, "params": case_params(item)}))
     report = yield
     if report.when in ("setup", "call") and not report.passed:
         item._bnspec_incomplete = True  # skipped or failed: no conclusion to demand
@@ -177,20 +307,27 @@ def _is_worker(config) -> bool:
     return hasattr(config, "workerinput")
 
 
+_CONFIG: dict = {}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionstart(session):
+    _CONFIG["config"] = session.config
+
+
 def pytest_runtest_logreport(report):
     config = _CONFIG.get("config")
     if config is None or _is_worker(config):
         return
-    tests = config._bnspec_tests
-    entry = tests.setdefault(report.nodeid, {"nodeid": report.nodeid, "claim": None, "outcome": "passed",
-                                             "params": {}, "expected": None, "expected_why": "", "observed": None,
-                                             "summary": "", "evidence": {}, "message": "", "duration": 0.0})
-    entry["duration"] = round(entry["duration"] + report.duration, 3)
+    state = config.stash[STATE]
+    entry = state.tests.setdefault(report.nodeid, {"nodeid": report.nodeid, "claim": None, "outcome": "passed",
+                                                   "params": {}, "expected": None, "observed": None,
+                                                   "summary": "", "evidence": {}, "message": ""})
     for name, value in report.user_properties:
         if name == PROP:
             entry.update(value)
         elif name == "bnspec_model":
-            config._bnspec_model = value
+            state.model = value
     if report.skipped and entry["outcome"] == "passed":
         entry["outcome"] = "skipped"
         entry["message"] = _skip_reason(report)
@@ -212,70 +349,6 @@ def _short(report) -> str:
     return " ".join((errors or lines[-1:] or [""])[:4])[:800]
 
 
-_CONFIG: dict = {}
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_sessionstart(session):
-    _CONFIG["config"] = session.config
-    if not _is_worker(session.config) and os.environ.get("BNSPEC_PREPARE", "1") != "0" and _needs_model(session.config):
-        prepare(session.config)
-        prepare_paper(session.config)
-
-
-# Suites that build what they need themselves (small models, isolated caches) or need no model at all.
-SELF_CONTAINED = ("unit", "robustness", "benchmarks")
-
-
-def _needs_model(config) -> bool:
-    """False when every path given on the command line lies in a self-contained suite."""
-    targets = [a for a in config.args if not a.startswith("-")]
-    return not targets or any(not set(SELF_CONTAINED) & set(Path(a.split("::")[0]).parts) for a in targets)
-
-
-def _run_visibly(config, announce: str, *args: str) -> int:
-    """`python -m bnspec ARGS` with pytest's capture off, so its progress reaches the terminal."""
-    capman = config.pluginmanager.get_plugin("capturemanager")
-    with capman.global_and_fixture_disabled():
-        print(f"bnspec: {announce} (progress below)", flush=True)
-        return subprocess.call([sys.executable, "-m", "bnspec", *args])
-
-
-def prepare(config) -> None:
-    """Fetch MNIST and train the cached models before any test (or xdist worker) starts, in a
-    subprocess whose progress reaches the terminal. Cheap when cached: no TensorFlow is imported here.
-    Set BNSPEC_PREPARE=0 to leave it to the tests' fixtures."""
-    from bnspec import training
-    from bnspec.model import ModelSpec
-
-    entries = [training.cached_entry(ModelSpec(bn=bn)) for bn in ("keras", "explicit")]
-    tr = config.pluginmanager.get_plugin("terminalreporter")
-    if all(entries):
-        if tr is not None:
-            tr.write_line(f"bnspec: reusing cached models {', '.join(e.name for e in entries)}")
-        return
-    code = _run_visibly(config, "models not cached yet: fetching MNIST and training the notebook's model once "
-                        "with Keras' BN and once with ExplicitBatchNorm", "train", "--bn", "all")
-    config._bnspec_trained_now = code == 0
-    if code != 0 and tr is not None:
-        tr.write_line(f"bnspec: preparation failed (exit {code}); the tests that need the model will report why")
-
-
-def _wants_paper(config) -> bool:
-    wanted = selected_claims(config)
-    return "not slow" not in (config.option.markexpr or "") and (wanted is None or bool(wanted & {"P07", "P08", "P09", "P10"}))
-
-
-def prepare_paper(config) -> None:
-    """Run (or find cached) the paper's 4 x 50,000-step experiment before the workers start."""
-    from bnspec import paper
-
-    if not _wants_paper(config) or all(paper.cached(run) for run in paper.RUNS):
-        return
-    _run_visibly(config, "the paper's MNIST experiment is not cached yet: 4 runs of 50,000 steps",
-                 "paper", "--compute-only")
-
-
 def _cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -291,34 +364,90 @@ def environment(config) -> dict:
     workers = getattr(config.option, "numprocesses", None)
     return {
         "python": platform.python_version(), "tensorflow": v["tensorflow"], "keras": v["keras"],
-        "flavour": v["flavour"], "platform": platform.platform(), "cpu": _cpu_model(),
-        "cpu_count": os.cpu_count(), "workers": str(workers or 0), "pytest_args": list(config.invocation_params.args),
+        "flavour": v["flavour"], "backend": flavours.backend(), "platform": platform.platform(),
+        "cpu": _cpu_model(), "cpu_count": os.cpu_count(), "workers": str(workers or 0),
     }
+
+
+def selection(config) -> dict:
+    """What this run selected; `partial` when it ran less than the whole claim suite."""
+    opt = config.option
+    narrowing = {
+        "claims": config.getoption("--bnspec-claims"), "device": config.getoption("--bnspec-device"),
+        "keyword": getattr(opt, "keyword", "") or None, "markexpr": getattr(opt, "markexpr", "") or None,
+        "deselect": list(getattr(opt, "deselect", None) or []) or None,
+    }
+    files = [a for a in config.args if "::" in a or a.endswith(".py")]
+    partial = any(narrowing.values()) or bool(files) or bool(getattr(opt, "lf", False))
+    return {"args": list(config.invocation_params.args), "partial": partial}
+
+
+def pytest_report_header(config):
+    v = flavours.versions()
+    c = provenance.code()
+    lines = [f"bnspec: flavour {v['flavour']} (Keras {v['keras']}, TensorFlow {v['tensorflow']}), backend "
+             f"{flavours.backend()}; measuring code {c['fingerprint']}"
+             + (f" at {c['commit']}{' + local changes' if c['dirty'] else ''}" if c["commit"] else "")]
+    try:
+        lines.append(f"bnspec: cache {paths.home()}; claims {config.getoption('--bnspec-claims') or 'all'}, "
+                     f"device {config.getoption('--bnspec-device') or 'all'}")
+    except Exception as exc:  # an unusable cache is reported by the tests that need it
+        lines.append(f"bnspec: cache unusable ({exc})")
+    return lines
+
+
+def claim_tests(state: RunState) -> list[dict]:
+    return [t for t in state.tests.values() if t.get("claim")]
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if _is_worker(config):
+        return
+    tests = claim_tests(config.stash[STATE])
+    if not tests:
+        return
+    from bnspec.report import verdicts as rv
+
+    counts, unmeasured = rv.run_summary(tests)
+    terminalreporter.write_sep("=", "bnspec claims")
+    terminalreporter.write_line(rv.summary_sentence(counts))
+    for cid, reason in unmeasured:
+        terminalreporter.write_line(f"  unmeasured {cid}: {reason}")
 
 
 def pytest_sessionfinish(session, exitstatus):
     config = session.config
-    if _is_worker(config) or not config._bnspec_tests:
+    if _is_worker(config):
         return
-    if not any(t["claim"] for t in config._bnspec_tests.values()) and not config.getoption("--bnspec-results"):
-        return  # only bnspec's own tests ran: keep the last claim run's results
-    flavour = flavours.current()
-    target = config.getoption("--bnspec-results") or Path(config.rootpath) / "reports" / "raw" / f"{flavour}.json"
+    state = config.stash[STATE]
+    tests = claim_tests(state)
+    if not tests:
+        return  # only bnspec's own tests ran: the claim results stay as they were
+    flavour, backend = flavours.current(), flavours.backend()
     finished = time.time()
-    if config._bnspec_model and config._bnspec_trained_now:
-        config._bnspec_model["created"] = True  # trained by prepare() in this run, then loaded by the tests
-    doc = {
-        "schema": results.SCHEMA, "flavour": flavour,
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(config._bnspec_started)),
-        "finished": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(finished)),
-        "seconds": round(finished - config._bnspec_started, 1),
-        "environment": environment(config), "model_cache": config._bnspec_model,
-        "tests": sorted(config._bnspec_tests.values(), key=lambda t: t["nodeid"]),
-    }
-    paths.atomic_write_json(Path(target), results.validate(doc, "results being written"))
+    run_id = time.strftime("%Y%m%dT%H%M%S", time.localtime(state.started)) + f"-{os.getpid()}"
+    env = environment(config)
+    if state.model:
+        env["model_cache"] = state.model
+    run = {"finished": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(finished)),
+           "seconds": round(finished - state.started, 1), "environment": env, "code": provenance.code(),
+           "selection": selection(config)}
+    new = {"schema": results.SCHEMA, "flavour": flavour, "backend": backend, "runs": {run_id: run},
+           "tests": sorted((dict(t, run=run_id) for t in tests), key=lambda t: t["nodeid"])}
+    key = results.key(new)
+    target = Path(config.getoption("--bnspec-results") or Path(config.rootpath) / "reports" / "raw" / f"{key}.json")
+    old = None
     tr = config.pluginmanager.get_plugin("terminalreporter")
+    try:
+        if target.is_file():
+            old = results.load(target)
+        elif not config.getoption("--bnspec-results"):  # a fresh checkout: start from the committed results
+            committed = Path(config.rootpath) / "reports" / "results.json"
+            if committed.is_file():
+                old = next((d for d in results.load_any(committed) if results.key(d) == key), None)
+    except results.ResultsError as exc:
+        if tr is not None:
+            tr.write_line(f"bnspec: not merging with earlier results: {exc}")
+    paths.atomic_write_json(target, results.validate(results.merge_run(old, new), "results being written"))
     if tr is not None:
-        tr.write_line(f"bnspec: results written to {target}; make the report with: bnspec report")
-    else:  # pragma: no cover
-        print(f"bnspec: results written to {target}", file=sys.stderr)
-
+        tr.write_line(f"bnspec: results merged into {target}; the report: bnspec report")

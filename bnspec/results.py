@@ -1,14 +1,20 @@
-"""The results JSON: what one pytest run on one flavour observed. Written by the pytest plugin
-(bnspec.plugin) on the controller process, read by the report. No TensorFlow.
+"""The results JSON: what the claim suite observed on one run key (a Keras flavour), accumulated
+over runs. Written by the pytest plugin (bnspec.plugin) on the controller process, read by the
+report. No TensorFlow.
 
-Schema (version 1):
+Schema (version 2), one file per run key, reports/raw/<key>.json:
 {
-  "schema": 1, "flavour": "keras3", "started": iso, "finished": iso, "seconds": float,
-  "environment": {python, tensorflow, keras, flavour, platform, cpu, cpu_count, workers, pytest_args},
-  "model_cache": {entry, created, train_seconds, test_accuracy} | null,
-  "tests": [{nodeid, claim|null, outcome, params, expected, expected_why, observed, summary,
-             evidence, message, duration}]
+  "schema": 2, "flavour": "keras3", "backend": "tensorflow",
+  "runs": {run_id: {"finished": iso, "seconds": float, "environment": {...}, "code": {fingerprint, commit, dirty},
+                    "selection": {"args": [...], "partial": bool}}},
+  "tests": [{nodeid, claim|null, outcome, params, expected, observed, summary, evidence, message, run: run_id}]
 }
+
+A run merges into the file per test case (`merge_run`): a case the run measured replaces the old
+one; a case it skipped never replaces a measured one (a CPU-only run keeps the GPU cases; a run in
+an environment without the flavour keeps everything); a case it did not select stays as it was.
+A full (unselective) run drops the cases that no longer exist. Each case keeps the id of the run that
+measured it, so the report can say when and on which code each number was measured.
 """
 
 from __future__ import annotations
@@ -18,12 +24,19 @@ from pathlib import Path
 
 from bnspec import BnspecError
 
-SCHEMA = 1
+SCHEMA = 2
 OUTCOMES = ("passed", "failed", "skipped", "error")
+MEASURED = ("passed", "failed", "error")
 
 
 class ResultsError(BnspecError):
     pass
+
+
+def key(doc: dict) -> str:
+    """The run key of a results document: the flavour, plus the backend when it is not TensorFlow."""
+    backend = doc.get("backend") or "tensorflow"
+    return doc["flavour"] if backend == "tensorflow" else f"{doc['flavour']}-{backend}"
 
 
 def validate(doc, origin: str) -> dict:
@@ -34,12 +47,16 @@ def validate(doc, origin: str) -> dict:
             f"{origin}: results schema {doc.get('schema')!r}, this bnspec reads schema {SCHEMA}; "
             "re-run the tests to regenerate it"
         )
-    for name in ("flavour", "environment", "tests"):
+    for name in ("flavour", "runs", "tests"):
         if name not in doc:
             raise ResultsError(f"{origin}: missing field {name!r}")
+    if not isinstance(doc["runs"], dict) or not isinstance(doc["tests"], list):
+        raise ResultsError(f"{origin}: 'runs' must be an object and 'tests' a list")
     for i, test in enumerate(doc["tests"]):
         if not isinstance(test, dict) or "nodeid" not in test or test.get("outcome") not in OUTCOMES:
             raise ResultsError(f"{origin}: tests[{i}] is malformed")
+        if test.get("run") not in doc["runs"]:
+            raise ResultsError(f"{origin}: tests[{i}] ({test['nodeid']}) names run {test.get('run')!r}, not in 'runs'")
     return doc
 
 
@@ -53,37 +70,76 @@ def load(path: Path) -> dict:
     return validate(doc, str(path))
 
 
+def load_any(path: Path) -> list[dict]:
+    """A per-run-key results file, or the merged reports/results.json: a list of results documents."""
+    try:
+        doc = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ResultsError(f"{path}: no such results file") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ResultsError(f"{path}: unreadable results JSON ({exc})") from exc
+    if isinstance(doc, dict) and "results" in doc and doc.get("schema") == SCHEMA:
+        return [validate(d, f"{path} ({i})") for i, d in enumerate(doc["results"])]
+    return [validate(doc, str(path))]
+
+
 def load_dir(directory: Path) -> list[dict]:
-    """All flavour results in `directory` (one <flavour>.json each), in bnspec.flavours.FLAVOURS order."""
+    """All results in `directory` (one <key>.json each), in run order."""
     files = sorted(Path(directory).glob("*.json"))
     if not files:
         raise ResultsError(f"{directory}: no results files; run the tests first (bnspec run)")
-    return in_flavour_order(load(f) for f in files)
+    return in_order(load(f) for f in files)
 
 
-def in_flavour_order(docs) -> list[dict]:
-    """Results sorted as bnspec.flavours.FLAVOURS lists the flavours (unknown ones last)."""
+def in_order(docs) -> list[dict]:
+    """Results sorted as bnspec.flavours.FLAVOURS lists the flavours, TensorFlow backend first."""
     from bnspec.flavours import FLAVOURS
 
     order = {f: i for i, f in enumerate(FLAVOURS)}
-    return sorted(docs, key=lambda d: (order.get(d["flavour"], len(order)), d["flavour"]))
+    backends = {"tensorflow": 0, "jax": 1, "torch": 2}
+    return sorted(docs, key=lambda d: (order.get(d["flavour"], len(order)), backends.get(d.get("backend"), 9), key(d)))
+
+
+def merge_run(old: dict | None, new: dict) -> dict:
+    """Merge one run's document (a single run in `runs`) into the accumulated document `old`."""
+    if old is None or key(old) != key(new):
+        return new
+    (run_id, run), = new["runs"].items()
+    partial = run["selection"]["partial"]
+    tests = {t["nodeid"]: t for t in old["tests"]}
+    seen = set()
+    for t in new["tests"]:
+        seen.add(t["nodeid"])
+        prev = tests.get(t["nodeid"])
+        if t["outcome"] == "skipped" and prev is not None and prev["outcome"] in MEASURED:
+            continue  # a skip never replaces a measurement
+        tests[t["nodeid"]] = t
+    if not partial:
+        tests = {n: t for n, t in tests.items() if n in seen}
+    kept = sorted(tests.values(), key=lambda t: t["nodeid"])
+    runs = {**old["runs"], run_id: run}
+    used = {t["run"] for t in kept}
+    return {**new, "runs": {r: v for r, v in sorted(runs.items()) if r in used}, "tests": kept}
 
 
 def verdicts(doc: dict) -> dict[str, tuple]:
-    """The verdict table of one run: nodeid -> (outcome, expected, observed). Evidence numbers are
-    left out on purpose: they may move in the last digits (e.g. an unseeded fit), verdicts may not."""
-    return {t["nodeid"]: (t["outcome"], t.get("expected"), t.get("observed")) for t in doc["tests"]}
+    """The verdict table of one document: nodeid -> (outcome, observed). Evidence numbers are left
+    out on purpose: they may move in the last digits (e.g. an unseeded fit), verdicts may not."""
+    return {t["nodeid"]: (t["outcome"], t.get("observed")) for t in doc["tests"]}
 
 
-def compare(a: dict, b: dict) -> list[str]:
-    """Differences between two runs' verdict tables (same flavour expected), one line each."""
+def compare(a: list[dict], b: list[dict]) -> list[str]:
+    """Differences between two sets of results, per run key, one line each."""
     lines = []
-    if a["flavour"] != b["flavour"]:
-        lines.append(f"flavour: {a['flavour']} vs {b['flavour']}")
-    va, vb = verdicts(a), verdicts(b)
-    for nodeid in sorted(va.keys() | vb.keys()):
-        x, y = va.get(nodeid), vb.get(nodeid)
-        if x != y:
-            fmt = lambda v: "absent" if v is None else "/".join(str(p) for p in v)  # noqa: E731
-            lines.append(f"{nodeid}: {fmt(x)} vs {fmt(y)}")
+    ka, kb = {key(d): d for d in a}, {key(d): d for d in b}
+    for k in sorted(ka.keys() | kb.keys()):
+        if k not in ka or k not in kb:
+            lines.append(f"{k}: only in {'the first' if k in ka else 'the second'}")
+            continue
+        va, vb = verdicts(ka[k]), verdicts(kb[k])
+        for nodeid in sorted(va.keys() | vb.keys()):
+            x, y = va.get(nodeid), vb.get(nodeid)
+            if x != y:
+                fmt = lambda v: "absent" if v is None else "/".join(str(p) for p in v)  # noqa: E731
+                lines.append(f"{k}: {nodeid}: {fmt(x)} vs {fmt(y)}")
     return lines

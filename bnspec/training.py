@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from bnspec import cache, data, flavours, paths
+from bnspec import cache, data, flavours, paths, provenance
 from bnspec.model import ModelSpec, build, compile_model
 
 
@@ -38,12 +39,20 @@ def log(msg: str) -> None:
     print(f"bnspec: {msg}", file=sys.__stderr__, flush=True)
 
 
+# The source files whose code builds, trains or preprocesses the cached model: a change to any of
+# them is a new cache key (read as files, so computing the key imports no TensorFlow).
+CODE = ("model.py", "layers.py", "training.py", "data.py")
+
+
 def key_material(spec: ModelSpec, train: TrainSpec) -> dict:
     return {
         "model": spec.as_dict(),
         "train": asdict(train),
         "data": data.DATA_HASH,
         "versions": flavours.versions(),
+        "backend": flavours.backend(),
+        "code": provenance.file_hash(*(provenance.PACKAGE / name for name in CODE)),
+        "mutant": os.environ.get("BNSPEC_MUTANT") or None,
     }
 
 

@@ -25,9 +25,11 @@ def test_training_twice_gives_bitwise_identical_weights(iso_home, tmp_path):
 
 
 def _doc(observed):
-    return {"schema": results.SCHEMA, "flavour": "keras3", "environment": {}, "tests": [
-        {"nodeid": "t.py::a[1]", "claim": "K01", "outcome": "passed", "expected": "holds", "observed": observed},
-        {"nodeid": "t.py::b", "claim": "K02", "outcome": "passed", "expected": "holds", "observed": "holds"}]}
+    run = {"finished": "t", "seconds": 1.0, "environment": {}, "code": {"fingerprint": "f", "commit": None, "dirty": False},
+           "selection": {"args": [], "partial": False}}
+    return {"schema": results.SCHEMA, "flavour": "keras3", "backend": "tensorflow", "runs": {"r": run}, "tests": [
+        {"nodeid": "t.py::a[1]", "claim": "K01", "outcome": "passed", "expected": "holds", "observed": observed, "run": "r"},
+        {"nodeid": "t.py::b", "claim": "K02", "outcome": "passed", "expected": "holds", "observed": "holds", "run": "r"}]}
 
 
 def test_compare_reports_verdict_differences(tmp_path):
@@ -40,4 +42,4 @@ def test_compare_reports_verdict_differences(tmp_path):
     assert same.returncode == 0 and "identical verdict tables (2 test cases" in same.stdout
     diff = subprocess.run([sys.executable, "-m", "bnspec", "compare", str(a), str(c)], capture_output=True,
                           text=True, cwd=ROOT, check=False)
-    assert diff.returncode == 1 and "t.py::a[1]: passed/holds/holds vs passed/holds/refuted" in diff.stdout
+    assert diff.returncode == 1 and "keras3: t.py::a[1]: passed/holds vs passed/refuted" in diff.stdout

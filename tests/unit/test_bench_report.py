@@ -2,7 +2,7 @@
 
 import json
 
-from bnspec import bench
+from bnspec.report import bench
 
 
 def _b(shape, mode, impl, median, nbytes):

@@ -21,20 +21,49 @@ def test_unknown_flavour_is_one_clear_error(monkeypatch):
         flavours.current()
 
 
-def _claim_marks() -> set[str]:
-    found = set()
+def _claim_marks() -> dict[str, set[str]]:
+    """claim id -> the test modules (topics) whose tests carry its marker."""
+    found: dict[str, set[str]] = {}
     for path in (ROOT / "tests" / "claims").glob("test_*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if (isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "claim"
                     and node.args and isinstance(node.args[0], ast.Constant)):
-                found.add(node.args[0].value)
+                found.setdefault(node.args[0].value, set()).add(path.stem.removeprefix("test_"))
     return found
 
 
-def test_every_claim_has_a_test_and_every_mark_a_claim():
+def test_every_claim_has_a_test_in_its_topic_module_and_every_mark_a_claim():
     marks, ids = _claim_marks(), {c.id for c in claims.CLAIMS}
-    assert ids - marks == set(), "claims without a test"
-    assert marks - ids == set(), "tests naming unknown claims"
+    assert ids - set(marks) == set(), "claims without a test"
+    assert set(marks) - ids == set(), "tests naming unknown claims"
+    misplaced = {c.id: (c.topic, sorted(marks[c.id])) for c in claims.CLAIMS if marks[c.id] != {c.topic}}
+    assert misplaced == {}, "a claim's tests live in tests/claims/test_<topic>.py, its topic module's twin"
+
+
+def test_every_topic_module_has_a_test_module_and_a_title():
+    for topic, title in claims.TOPICS.items():
+        assert (ROOT / "tests" / "claims" / f"test_{topic}.py").is_file(), topic
+        assert title and len(title) <= 60
+
+
+def test_titles_are_short_and_unique():
+    titles = [c.title for c in claims.CLAIMS]
+    assert all(0 < len(t) <= 60 for t in titles) and len(set(titles)) == len(titles)
+
+
+def test_an_expected_refutation_must_name_why_and_mechanism():
+    with pytest.raises(ValueError, match="needs why= and mechanism="):
+        claims.Expect(claims.REFUTED, why="because")
+    with pytest.raises(ValueError, match="param=value"):
+        claims.Expect(claims.HOLDS, case="entry")
+
+
+def test_stale_case_rules_name_what_they_could_have_meant():
+    c = claims.Claim("Z01", "t", "s", "src", expected=(
+        claims.Expect(claims.REFUTED, case="entry=predcit", why="w", mechanism="m"), claims.Expect(claims.HOLDS)))
+    problems = c.stale_cases([{"entry": "predict"}, {"entry": "call"}])
+    assert len(problems) == 1 and "entry='predcit' is not a value of entry (call, predict)" in problems[0]
+    assert c.stale_cases([{"entry": "predcit"}]) == []
 
 
 @pytest.mark.parametrize("flavour", flavours.FLAVOURS)

@@ -1,80 +1,166 @@
-"""bnspec.report / bnspec.results from small hand-written results files."""
+"""bnspec.report and bnspec.results from small hand-written results files: statuses, merging runs
+per case, stale and unmeasured marks, the landing page against a golden file, and --check."""
 
 import json
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
-from bnspec import report, results
+from bnspec import claims, report, results
+from bnspec.claims import HOLDS, REFUTED, Claim, Expect
+from bnspec.report import verdicts as v
+
+GOLDEN = Path(__file__).parent / "golden"
 
 
-def _test(nodeid, claim, outcome, expected, observed, summary="s", **ev):
-    return {"nodeid": nodeid, "claim": claim, "outcome": outcome, "params": {}, "expected": expected,
-            "expected_why": "because", "observed": observed, "summary": summary, "evidence": ev,
-            "message": "", "duration": 0.1}
+def _run(fingerprint="f00d", partial=False, keras="3.15.1", finished="2026-11-25T10:00:00"):
+    return {"finished": finished, "seconds": 12.0,
+            "environment": {"keras": keras, "tensorflow": "2.21.0", "python": "3.11", "cpu": "x", "cpu_count": 2,
+                            "workers": "2", "backend": "tensorflow"},
+            "code": {"fingerprint": fingerprint, "commit": "c0ffee", "dirty": False},
+            "selection": {"args": ["-k", "K01"] if partial else [], "partial": partial}}
 
 
-def _doc(tests, flavour="keras3"):
-    return {"schema": results.SCHEMA, "flavour": flavour, "seconds": 1.0, "finished": "t",
-            "environment": {"keras": "3.0", "tensorflow": "2.0", "python": "3.11", "cpu": "x", "cpu_count": 2,
-                            "workers": "2"},
-            "model_cache": {"entry": "e", "created": False, "train_seconds": 12.0, "test_accuracy": 0.97},
+def _t(nodeid, claim, outcome, observed, run="r1", params=None, summary="s", **ev):
+    return {"nodeid": nodeid, "claim": claim, "outcome": outcome, "params": params or {}, "expected": observed,
+            "observed": observed, "summary": summary, "evidence": ev, "message": "skip reason" if outcome == "skipped" else "",
+            "run": run}
+
+
+def _doc(tests, flavour="keras3", runs=None):
+    return {"schema": results.SCHEMA, "flavour": flavour, "backend": "tensorflow", "runs": runs or {"r1": _run()},
             "tests": tests}
 
 
-def test_statuses_are_derived_from_the_cases():
-    doc = _doc([
-        _test("t.py::a[1]", "K01", "passed", "holds", "holds", "err 1e-7", max_abs_err=1e-7),
-        _test("t.py::a[2]", "K01", "passed", "holds", "holds"),
-        _test("t.py::b", "N02", "passed", "refuted", "refuted", "moved 0"),
-        _test("t.py::c[x]", "N05", "passed", "holds", "holds"),
-        _test("t.py::c[y]", "N05", "passed", "refuted", "refuted"),
-        _test("t.py::d", "K02", "failed", "holds", "refuted", "off by 1"),
-        _test("t.py::e", "K03", "error", None, None),
-        _test("t.py::f", "K04", "skipped", None, None),
-        _test("u.py::lib", None, "passed", None, None),
+@pytest.fixture
+def small_catalogue(monkeypatch):
+    """Four claims of two topics, so the golden page does not change whenever a claim is added."""
+    cs = (Claim("A01", "always holds", "A statement that holds.", "source A", topic="alpha", advice=""),
+          Claim("A02", "refuted on keras3", "A statement refuted on Keras 3.", "source B", topic="alpha",
+                expected=(Expect(REFUTED, flavour="keras3", why="because of the mechanism", mechanism="m"),
+                          Expect(HOLDS)), advice="do the other thing"),
+          Claim("B01", "mixed by case", "A statement that holds for case x only.", "source C", topic="beta",
+                expected=(Expect(REFUTED, case="c=y", why="y is different", mechanism="m"), Expect(HOLDS)),
+                note="read the numbers this way"),
+          Claim("B02", "never measured", "A statement nobody measured.", "source D", topic="beta"))
+    monkeypatch.setattr(claims, "CLAIMS", cs)
+    monkeypatch.setattr(claims, "BY_ID", {c.id: c for c in cs})
+    monkeypatch.setattr(claims, "TOPICS", {"alpha": "Alpha topic", "beta": "Beta topic"})
+    return cs
+
+
+def _two_runs():
+    keras3 = _doc([
+        _t("t.py::a01[1]", "A01", "passed", "holds", err={"value": 1e-7, "bound": 1e-6, "ratio": 0.1}),
+        _t("t.py::a02", "A02", "passed", "refuted", summary="moved by 0.5"),
+        _t("t.py::b01[x]", "B01", "passed", "holds", params={"c": "x"}),
+        _t("t.py::b01[y]", "B01", "passed", "refuted", params={"c": "y"}),
+        _t("t.py::b01[gpu]", "B01", "skipped", None, params={"c": "gpu"}),
+        _t("t.py::b02", "B02", "skipped", None),
     ])
-    s = report.summarise(doc)
-    assert (s["K01"]["status"], s["K01"]["observed"], s["K01"]["passed"]) == (report.OK, "holds", 2)
-    assert (s["N02"]["status"], s["N02"]["observed"]) == (report.OK, "refuted")
-    assert s["N05"]["status"] == report.OK and s["N05"]["observed"].startswith("mixed: holds for x")
-    assert s["K02"]["status"] == report.UNEXPECTED
-    assert s["K03"]["status"] == report.ERROR
-    assert s["K04"]["status"] == report.SKIPPED
-    assert s["M04"]["status"] == report.NOT_RUN
-    md = report.render([doc])
-    assert "### K02 on keras3: UNEXPECTED" in md
-    assert "max_abs_err=1e-07" in md
-    assert "1 passed" in md  # bnspec's own tests
+    tfkeras = _doc([
+        _t("t.py::a01[1]", "A01", "passed", "holds"),
+        _t("t.py::a02", "A02", "passed", "holds"),
+        _t("t.py::b01[x]", "B01", "failed", None),  # broke before concluding: an error, not a verdict
+    ], flavour="tfkeras", runs={"r1": _run(fingerprint="0ld", keras="2.21.0")})
+    return [keras3, tfkeras]
 
 
-def test_each_flavour_gets_a_column_in_flavour_order(tmp_path):
-    raw = tmp_path / "raw"
-    raw.mkdir()
-    for flav, obs in (("tfkeras", "holds"), ("keras-nightly", "holds"), ("keras3", "refuted")):
-        (raw / f"{flav}.json").write_text(json.dumps(_doc([_test("t::n", "N05", "passed", obs, obs)], flav)))
-    target = report.write(raw, tmp_path)
-    md = target.read_text()
-    header = next(line for line in md.splitlines() if line.startswith("| id") and "keras3 (3.0)" in line)
-    assert header.index("keras3 (3.0)") < header.index("tfkeras (3.0)") < header.index("keras-nightly (3.0)")
-    merged = json.loads((tmp_path / "results.json").read_text())
-    assert merged["flavours"]["tfkeras"]["claims"]["N05"]["observed"] == "holds"
+def test_statuses_marks_and_reasons(small_catalogue):
+    keras3, tfkeras = _two_runs()
+    s = v.summarise(keras3, "f00d")
+    assert (s["A01"]["status"], s["A02"]["status"], s["B01"]["status"], s["B02"]["status"]) == \
+        (v.HOLDS, v.REFUTED, v.MIXED, v.UNMEASURED)
+    assert s["B01"]["partial"] and not s["A01"]["partial"]
+    assert s["B02"]["skip_reasons"] == ["skip reason"]
+    t = v.summarise(tfkeras, "f00d")
+    assert t["A01"]["stale"] and t["B01"]["status"] == v.ERROR and t["B02"]["status"] == v.UNMEASURED
+    assert t["B02"]["skip_reasons"] == ["no test collected"]
 
 
-def test_surprises_list_claims_that_differ_or_fail(tmp_path):
-    docs = [_doc([_test("t::n", "N05", "passed", "refuted", "refuted", "spread 0.26"),
-                  _test("t::k", "K01", "passed", "holds", "holds")], "keras3"),
-            _doc([_test("t::n", "N05", "passed", "holds", "holds"),
-                  _test("t::k", "K01", "passed", "holds", "holds")], "tfkeras")]
-    md = report.render(docs)
-    section = md.split("## What surprised us")[1].split("## Claims")[0]
-    assert "**N05**" in section and "differs between flavours" in section and "spread 0.26" in section
-    assert "**K01**" not in section  # holds everywhere: no surprise
+def test_expectations_are_recomputed_from_the_current_registry(small_catalogue, monkeypatch):
+    keras3, _ = _two_runs()
+    # the registry changed since the run: A02 is now expected to hold everywhere
+    a02 = replace(claims.BY_ID["A02"], expected=(Expect(HOLDS),))
+    monkeypatch.setitem(claims.BY_ID, "A02", a02)
+    assert v.summarise(keras3, "f00d")["A02"]["status"] == v.UNEXPECTED
+
+
+def test_a_refutation_without_its_mechanism_is_unexpected(small_catalogue):
+    keras3, _ = _two_runs()
+    keras3["tests"][1]["mechanism_failed"] = True
+    assert v.summarise(keras3, "f00d")["A02"]["status"] == v.UNEXPECTED
+
+
+def test_landing_page_matches_the_golden_file(small_catalogue, tmp_path):
+    md, evidence = report.render(_two_runs(), tmp_path, fingerprint="f00d")
+    for name, text in (("REPORT.md", md), ("EVIDENCE.md", evidence)):
+        golden = GOLDEN / name
+        if not golden.is_file():  # first run writes it; review and commit it
+            golden.write_text(text)
+        assert text == golden.read_text(), f"{name} differs from {golden} (delete it to regenerate after review)"
+    first = md.split("\n## ")[0]  # the first screen: sentence, matrix, legend
+    assert first.startswith("# bnspec") and "8 claim verdicts (4 claims x 2 runs): 3 hold, 1 refuted as expected, 1 mixed as expected" in first
+    assert "| [B01](#b01) | mixed by case | ◐° | ⚠† |" in first
+    assert max(len(line) for line in md.splitlines()) <= report.MAX_LINE
+
+
+def _write_raw(raw: Path, doc: dict) -> None:
+    raw.mkdir(parents=True, exist_ok=True)
+    (raw / f"{results.key(doc)}.json").write_text(json.dumps(doc))
+
+
+def test_write_then_check_then_a_change_is_caught(small_catalogue, tmp_path):
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    for d in _two_runs():
+        _write_raw(raw, d)
+    report.write(raw, out, log=lambda m: None)
+    assert (out / "verdict_matrix.png").stat().st_size > 1000
+    assert report.check(out) == []
+    page = out / "REPORT.md"
+    page.write_text(page.read_text().replace("mixed by case", "edited by hand"))
+    problems = report.check(out)
+    assert len(problems) == 1 and "REPORT.md differs" in problems[0] and "run `bnspec report`" in problems[0]
+
+
+def test_fresh_clone_rerenders_from_merged_results(small_catalogue, tmp_path):
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    for d in _two_runs():
+        _write_raw(raw, d)
+    first = report.write(raw, out, log=lambda m: None).read_text()
+    notes = []
+    again = report.write(tmp_path / "no_raw", out, log=notes.append).read_text()
+    assert "re-rendering" in notes[0] and first == again
+
+
+def test_merge_run_per_case():
+    old = _doc([_t("t::a", "K01", "passed", "holds"), _t("t::gpu", "K01", "passed", "holds"),
+                _t("t::gone", "K02", "passed", "holds")])
+    # a CPU-only full run: the GPU case is skipped now, the 'gone' test no longer exists
+    new = _doc([_t("t::a", "K01", "passed", "holds", run="r2"), _t("t::gpu", "K01", "skipped", None, run="r2")],
+               runs={"r2": _run()})
+    merged = results.merge_run(old, new)
+    by = {t["nodeid"]: t for t in merged["tests"]}
+    assert by["t::a"]["run"] == "r2" and by["t::gpu"]["run"] == "r1" and by["t::gpu"]["outcome"] == "passed"
+    assert "t::gone" not in by and set(merged["runs"]) == {"r1", "r2"}
+    # a partial run replaces only what it measured and keeps the rest
+    part = _doc([_t("t::a", "K01", "passed", "refuted", run="r3")], runs={"r3": _run(partial=True)})
+    merged2 = results.merge_run(old, part)
+    by2 = {t["nodeid"]: t for t in merged2["tests"]}
+    assert by2["t::a"]["observed"] == "refuted" and "t::gone" in by2
+    # an all-skipped run (e.g. the flavour is not installed) overwrites nothing
+    skipped = _doc([_t(n, "K01", "skipped", None, run="r4") for n in ("t::a", "t::gpu", "t::gone")],
+                   runs={"r4": _run()})
+    assert results.merge_run(old, skipped)["tests"] == sorted(old["tests"], key=lambda t: t["nodeid"])
 
 
 @pytest.mark.parametrize("content, message", [
-    ('{"schema": 1, "flavour": "k", "environment": {}, "tests": [', "unreadable results JSON"),
-    ('{"schema": 0, "flavour": "k", "environment": {}, "tests": []}', "schema 0"),
-    ('{"schema": 1, "flavour": "k", "environment": {}, "tests": [{"nodeid": "x"}]}', "malformed"),
+    ('{"schema": 2, "flavour": "k", "runs": {}, "tests": [', "unreadable results JSON"),
+    ('{"schema": 1, "flavour": "k", "environment": {}, "tests": []}', "schema 1"),
+    ('{"schema": 2, "flavour": "k", "runs": {}, "tests": [{"nodeid": "x"}]}', "malformed"),
+    ('{"schema": 2, "flavour": "k", "runs": {}, "tests": [{"nodeid": "x", "outcome": "passed", "run": "r9"}]}',
+     "names run 'r9'"),
 ])
 def test_bad_results_files_are_reported(tmp_path, content, message):
     (tmp_path / "keras3.json").write_text(content)
@@ -84,30 +170,15 @@ def test_bad_results_files_are_reported(tmp_path, content, message):
 
 def test_no_results_is_a_clear_error(tmp_path):
     with pytest.raises(results.ResultsError, match="run the tests first"):
-        results.load_dir(tmp_path)
+        report.write(tmp_path / "raw", tmp_path / "out")
 
 
-def test_report_is_rerendered_from_merged_results_without_raw(tmp_path):
-    raw = tmp_path / "raw"
-    raw.mkdir()
-    (raw / "keras3.json").write_text(json.dumps(_doc([_test("t::k", "K01", "passed", "holds", "holds", "err 1e-7")])))
-    first = report.write(raw, tmp_path / "out", log=lambda m: None).read_text()
-    empty = tmp_path / "empty_raw"  # a fresh clone: no raw results, but the committed results.json
-    notes = []
-    again = report.write(empty, tmp_path / "out", log=notes.append).read_text()
-    assert notes and "re-rendering" in notes[0]
-    strip = lambda md: md.split("## Summary")[1]  # noqa: E731
-    assert strip(first) == strip(again)
-
-
-def test_flavours_not_rerun_are_kept_from_the_merged_results(tmp_path):
-    raw, out = tmp_path / "raw", tmp_path / "out"
-    raw.mkdir()
-    for flav in ("keras3", "tfkeras"):
-        (raw / f"{flav}.json").write_text(json.dumps(_doc([_test("t::k", "K01", "passed", "holds", "holds")], flav)))
-    report.write(raw, out, log=lambda m: None)
-    (raw / "tfkeras.json").unlink()  # the next run tests keras3 only
-    notes = []
-    md = report.write(raw, out, log=notes.append).read_text()
-    assert any("tfkeras not re-run: kept" in n for n in notes)
-    assert "tfkeras (earlier run, kept)" in md and "tfkeras (3.0)" in md
+def test_compare_works_per_run_key_on_merged_files(tmp_path):
+    a = _doc([_t("t::a", "K01", "passed", "holds")])
+    b = _doc([_t("t::a", "K01", "passed", "refuted")])
+    assert results.compare([a], [a]) == []
+    assert results.compare([a], [b]) == ["keras3: t::a: passed/holds vs passed/refuted"]
+    merged = tmp_path / "results.json"
+    merged.write_text(json.dumps({"schema": results.SCHEMA, "results": [a, _doc([], flavour="tfkeras")]}))
+    assert [results.key(d) for d in results.load_any(merged)] == ["keras3", "tfkeras"]
+    assert results.compare(results.load_any(merged), [a]) == ["tfkeras: only in the first"]

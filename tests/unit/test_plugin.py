@@ -1,0 +1,144 @@
+"""Meta-tests of the pytest plugin (bnspec.plugin): small claim suites run in a child pytest, to see
+that a NaN can never become a verdict, that an expected refutation must show its mechanism, that a
+rule matching no case fails collection, and what the run writes. No TensorFlow."""
+
+import json
+
+import numpy as np
+import pytest
+
+from bnspec import plugin
+
+HEADER = "import numpy as np\nimport pytest\nnan, inf = float('nan'), float('inf')\n"
+
+
+def _run(pytester, body: str, *args):
+    pytester.makepyfile(test_meta=HEADER + body)
+    return pytester.runpytest_subprocess("-p", "bnspec.plugin", "-p", "no:cacheprovider", "-p", "no:xdist", *args)
+
+
+@pytest.mark.parametrize("call", [
+    "verdict.within('err', np.array([1e-7, nan]), 1e-6)",       # NaN in a measurement
+    "verdict.within('err', np.array([1e-7, 2e-7]), nan)",       # NaN in a bound
+    "verdict.within('err', np.array([inf]), 1.0)",
+    "verdict.beyond('alt', np.array([nan, 5.0]), 1e-6)",
+    "verdict.power('alt', np.array([nan]), 1e-6)",
+    "verdict.equal('unchanged', np.array([0.0, nan]), np.array([0.0, nan]))",  # NaN == NaN bitwise: still no evidence
+    "verdict.record(loss=nan)",
+    "verdict.record(stats=[1.0, inf])",
+    "verdict.within('err', np.array([]), 1.0)",                 # nothing measured
+])
+def test_non_finite_measurements_are_errors_not_verdicts(pytester, call):
+    res = _run(pytester, f"""
+@pytest.mark.claim("K01")
+def test_k01(verdict):
+    ok = {call}
+    verdict.conclude(True, "must not be reached")
+""")
+    res.assert_outcomes(failed=1)
+    res.stdout.fnmatch_lines(["*NonFiniteMeasurement*"])
+    doc = json.loads((pytester.path / "reports" / "raw" / "keras3.json").read_text())
+    (test,) = doc["tests"]
+    assert test["observed"] is None and test["outcome"] == "failed"  # no verdict recorded
+
+
+def test_python_max_would_hide_a_nan_the_helpers_do_not():
+    assert max(0.5, float("nan")) == 0.5  # the trap the helpers exist for
+    with pytest.raises(plugin.NonFiniteMeasurement):
+        plugin.finite("x", [0.5, float("nan")])
+
+
+def test_no_power_is_an_error(pytester):
+    res = _run(pytester, """
+@pytest.mark.claim("K01")
+def test_k01(verdict):
+    verdict.power("unbiased_alternative", np.array([1e-9]), 1e-6)
+    verdict.conclude(True, "x")
+""")
+    res.assert_outcomes(failed=1)
+    res.stdout.fnmatch_lines(["*NoPower*cannot tell the claim from its alternative*"])
+
+
+def test_an_expected_refutation_needs_its_mechanism(pytester):
+    res = _run(pytester, """
+@pytest.mark.claim("N02")
+@pytest.mark.parametrize("mech", ["confirmed", "other", "absent"])
+def test_n02(verdict, mech):
+    if mech != "absent":
+        verdict.mechanism("moving_unchanged", mech == "confirmed", "bitwise unchanged" if mech == "confirmed" else "moved")
+    verdict.conclude(False, "inference did not update the moving statistics")
+""")
+    res.assert_outcomes(passed=1, failed=2)
+    res.stdout.fnmatch_lines(["*refuted*as expected, but not by the mechanism the expectation names ('moving_unchanged': moved)*",
+                              "*not confirmed by the test*"])
+
+
+def test_unexpected_verdict_fails_and_within_records_one_spelling(pytester):
+    res = _run(pytester, """
+@pytest.mark.claim("K01")
+def test_k01(verdict):
+    ok = verdict.within("output_err", np.array([1e-7, 3e-6]), np.array([1e-6, 2e-6]))
+    verdict.conclude(ok, "err over bound")
+""")
+    res.assert_outcomes(failed=1)
+    res.stdout.fnmatch_lines(["*claim K01 was expected to be holds*but is refuted*"])
+    (test,) = json.loads((pytester.path / "reports" / "raw" / "keras3.json").read_text())["tests"]
+    assert test["evidence"]["output_err"] == {"value": 3e-6, "bound": 2e-6, "ratio": 1.5}
+    assert test["observed"] == "refuted"
+
+
+def test_a_case_rule_that_matches_no_case_fails_collection(pytester):
+    # N05's rules name kind=subclassed and entry=call; this suite has neither parameter value
+    res = _run(pytester, """
+@pytest.mark.claim("N05")
+@pytest.mark.parametrize("kind", ["functional"])
+def test_n05(verdict, kind):
+    verdict.conclude(True, "x")
+""")
+    assert res.ret == pytest.ExitCode.USAGE_ERROR
+    res.stderr.fnmatch_lines(["*Expect(case='kind=subclassed') matches no collected test case*",
+                              "*no parameter 'entry'*"])
+
+
+def test_unknown_claim_id_fails_collection(pytester):
+    res = _run(pytester, """
+@pytest.mark.claim("Z99")
+def test_z(verdict):
+    verdict.conclude(True, "x")
+""")
+    assert res.ret == pytest.ExitCode.USAGE_ERROR
+    res.stderr.fnmatch_lines(["*unknown claim id 'Z99'*"])
+
+
+def test_results_carry_provenance_and_the_summary_counts(pytester):
+    res = _run(pytester, """
+@pytest.mark.claim("K01")
+def test_k01(verdict):
+    verdict.conclude(verdict.within("e", 1e-7, 1e-6), "ok")
+
+@pytest.mark.claim("X04")
+def test_x04(verdict):
+    pytest.skip("torch is not installed")
+""")
+    res.assert_outcomes(passed=1, skipped=1)
+    res.stdout.fnmatch_lines(["bnspec: flavour keras3*measuring code*",
+                              "*2 claims: 1 hold, 0 refuted as expected*1 unmeasured*",
+                              "*unmeasured X04: torch is not installed*"])
+    doc = json.loads((pytester.path / "reports" / "raw" / "keras3.json").read_text())
+    (run,) = doc["runs"].values()
+    assert len(run["code"]["fingerprint"]) == 16 and run["selection"]["partial"] is False  # nothing narrowed it
+    assert {t["nodeid"].split("::")[1]: t["outcome"] for t in doc["tests"]} == {"test_k01": "passed", "test_x04": "skipped"}
+
+
+def test_within_broadcasts_and_reports_the_worst_ratio():
+    class Item:
+        user_properties = []
+
+    v = plugin.Verdict.__new__(plugin.Verdict)
+    v.item, v.evidence, v.mechanisms, v.observed, v.summary = Item(), {}, {}, None, ""
+    v.claim, v.params, v.expect = type("C", (), {"id": "K01"}), {}, None
+    v._publish = lambda: None
+    assert v.within("e", np.array([[1.0, 2.0]]), np.array([4.0, 2.0]))
+    assert v.evidence["e"] == {"value": 2.0, "bound": 2.0, "ratio": 1.0}
+    assert not v.within("z", np.array([0.0, 1e-30]), 0.0)  # a zero bound admits only exact zeros
+    assert v.evidence["z"]["ratio"] == "inf"
