@@ -24,36 +24,51 @@ def flavour() -> str:
 
 @pytest.fixture(scope="session")
 def keras(flavour):
-    """The Keras module under test (keras or tf_keras): tests never import Keras themselves."""
-    from bnspec import BnspecError, flavours
+    """The Keras module under test (keras or tf_keras) on the backend under test (KERAS_BACKEND):
+    tests never import Keras themselves. float32 matmuls are made float32 (no TF32) on every backend."""
+    from bnspec import BnspecError, backend, flavours
 
     try:
-        return flavours.keras_module(flavour)
+        module = flavours.keras_module(flavour)
     except BnspecError as exc:
         pytest.skip(str(exc))
+    backend.float32_matmul_highest()
+    return module
 
 
 @pytest.fixture(scope="session")
-def tf(keras):
-    """TensorFlow, with TF32 off: on Ampere/Hopper GPUs TensorFlow runs float32 matmuls in TF32 (10-bit
-    mantissa) by default, and every float32 bound in bnspec.reference assumes float32 arithmetic."""
+def backend_name(flavour) -> str:
+    from bnspec import flavours
+
+    return flavours.backend(flavour)
+
+
+@pytest.fixture(scope="session")
+def tf(keras, backend_name):
+    """TensorFlow, for the claims about TensorFlow itself (tf.function graphs, the fused kernel,
+    SavedModel): skipped with the reason on the JAX and PyTorch backends."""
+    if backend_name != "tensorflow":
+        pytest.skip(f"TensorFlow-specific: this case uses TensorFlow directly, and the backend is {backend_name}")
     import tensorflow
 
-    tensorflow.config.experimental.enable_tensor_float_32_execution(False)
     return tensorflow
 
 
 @pytest.fixture(scope="session")
-def gpus(tf) -> list:
-    return tf.config.list_physical_devices("GPU")
+def gpus(keras) -> list:
+    from bnspec import backend
+
+    return backend.gpus()
 
 
 @pytest.fixture(params=DEVICES)
-def device(request, tf, gpus):
-    """Runs the test body under tf.device: CPU always, GPU when one is visible (else skipped)."""
+def device(request, keras, gpus):
+    """Runs the test body on the device: CPU always, GPU when the backend sees one (else skipped)."""
+    from bnspec import backend
+
     if request.param == "gpu" and not gpus:
-        pytest.skip("no GPU visible to TensorFlow")
-    with tf.device("/GPU:0" if request.param == "gpu" else "/CPU:0"):
+        pytest.skip(f"no GPU visible to {backend.name()}")
+    with backend.device_scope(keras, request.param):
         yield request.param
 
 

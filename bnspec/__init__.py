@@ -1,7 +1,7 @@
 """bnspec: an executable, behavioural specification of Batch Normalization in TensorFlow/Keras.
 
 Importing the package is cheap and never imports TensorFlow. The modules that need it
-(`bnspec.model`, `bnspec.training`, `bnspec.data.pipelines`) ask for it through
+(`bnspec.model`, `bnspec.training`, `bnspec.layers`) ask for it through
 `bnspec.flavours.keras_module()`, which fails with one clear line naming the extra to install.
 
 Module map (data flows top to bottom):

@@ -318,20 +318,3 @@ def preprocess(raw, seed: int = 100, n_valid: int = 5000) -> Splits:
 
     xs, ys = shuffle(scale(x_train), one_hot(y_train), random_state=seed)
     return Splits(xs[n_valid:], ys[n_valid:], xs[:n_valid], ys[:n_valid], scale(x_test), one_hot(y_test))
-
-
-def pipelines(splits: Splits, batch_size: int = 60, seed: int = 100):
-    """tf.data pipelines (train, valid, test): the training set reshuffled every epoch with a fixed
-    seed and cut into full batches of `batch_size` (drop_remainder, as the notebook); valid/test in order."""
-    from bnspec import flavours
-
-    tf = flavours.tensorflow()
-    train = (
-        tf.data.Dataset.from_tensor_slices((splits.x_train, splits.y_train))
-        .shuffle(len(splits.x_train), seed=seed, reshuffle_each_iteration=True)
-        .batch(batch_size, drop_remainder=True)
-        .prefetch(tf.data.AUTOTUNE)
-    )
-    valid = tf.data.Dataset.from_tensor_slices((splits.x_valid, splits.y_valid)).batch(batch_size)
-    test = tf.data.Dataset.from_tensor_slices((splits.x_test, splits.y_test)).batch(batch_size)
-    return train, valid, test

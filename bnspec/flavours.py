@@ -80,10 +80,12 @@ def keras_module(flavour: str | None = None):
     flavour = flavour or current()
     if flavour == "tfkeras":
         os.environ["TF_USE_LEGACY_KERAS"] = "1"
+    be = backend(flavour)
     try:
-        importlib.import_module("tensorflow")
+        importlib.import_module(be)
     except ImportError as exc:
-        raise BnspecError(INSTALL_HINT) from exc
+        raise BnspecError(INSTALL_HINT if be == "tensorflow" else
+                          f"KERAS_BACKEND={be} but {be} is not installed: pip install -e '.[{'jax' if be == 'jax' else 'torch'}]'") from exc
     if _distribution_version(flavour) is None:
         raise BnspecError(f"flavour {flavour!r} is not installed: {FLAVOUR_HINT[flavour]}")
     try:
@@ -96,6 +98,9 @@ def keras_module(flavour: str | None = None):
         raise BnspecError(
             f"flavour {flavour!r} expects keras {expected}, but the importable keras module is "
             f"{module.__version__}: {FLAVOUR_HINT[flavour]}")
+    if os.environ.get("BNSPEC_MUTANT"):  # the mutation harness: a deliberately wrong BN (bnspec.mutants)
+        from bnspec import mutants
+        mutants.install(module, os.environ["BNSPEC_MUTANT"])
     return module
 
 
@@ -103,3 +108,18 @@ def tensorflow():
     """Import TensorFlow (through the flavour, so TF_USE_LEGACY_KERAS is set first)."""
     keras_module()
     return importlib.import_module("tensorflow")
+
+
+BACKENDS = ("tensorflow", "jax", "torch")
+
+
+def backend(flavour: str | None = None) -> str:
+    """The Keras backend this process tests: tf_keras is TensorFlow only; Keras 3 reads KERAS_BACKEND
+    (default tensorflow), validated here with one clear error."""
+    flavour = flavour or current()
+    if FAMILY[flavour] == "tfkeras":
+        return "tensorflow"
+    name = os.environ.get("KERAS_BACKEND", "tensorflow") or "tensorflow"
+    if name not in BACKENDS:
+        raise BnspecError(f"unknown backend {name!r} in KERAS_BACKEND; choose one of {', '.join(BACKENDS)}")
+    return name

@@ -1,6 +1,7 @@
 """ExplicitBatchNorm: Batch Normalization written out from the paper (Ioffe & Szegedy 2015,
-Algorithms 1 and 2) with plain TensorFlow ops, no call into Keras' BatchNormalization,
-tf.nn.batch_normalization or the fused kernels. A drop-in for keras.layers.BatchNormalization:
+Algorithms 1 and 2) with elementwise ops and reductions only (`keras.ops` on Keras 3, so it runs on
+the TensorFlow, JAX and PyTorch backends; the same few TensorFlow ops on tf_keras), no call into
+Keras' BatchNormalization, ops.batch_normalization, tf.nn.batch_normalization or a fused kernel. A drop-in for keras.layers.BatchNormalization:
 
     from bnspec.layers import ExplicitBatchNorm
     x = ExplicitBatchNorm(momentum=0.99, epsilon=1e-3)(x)
@@ -21,21 +22,53 @@ Contract (the same as Keras 3's layer):
   bnspec.popstats.recompute(model, batches) after training to set them to Algorithm 2's
   population statistics (mean of batch means, m/(m-1) x mean of batch variances);
 - paper_gradient=True: the backward pass is the paper's chain rule (bnspec.reference.bn_backward,
-  in TensorFlow) through tf.custom_gradient instead of automatic differentiation.
+  written in the same ops) through the backend's custom-gradient mechanism (keras.ops.custom_gradient:
+  tf.custom_gradient, jax.custom_vjp, torch.autograd.Function; tf.custom_gradient on tf_keras) instead
+  of automatic differentiation.
 
-The layer is built on the Keras of the flavour under test (bnspec.flavours): importing this
-module imports TensorFlow.
+The layer is built on the Keras of the flavour and backend under test (bnspec.flavours): importing
+this module imports that backend.
 """
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 from bnspec import flavours
 
 keras = flavours.keras_module()
-tf = flavours.tensorflow()
-
 POPULATION = ("ema", "algorithm2")
 _KERAS3 = flavours.FAMILY[flavours.current()] == "keras3"
+
+
+def _tf_ops():
+    """The handful of keras.ops the layer uses, for tf_keras (Keras 2 has no keras.ops)."""
+    tf = flavours.tensorflow()
+
+    def custom_gradient(f):
+        def wrapped(*args):
+            y, grad = f(*args)
+            return y, lambda dy: grad(dy)
+
+        return tf.custom_gradient(wrapped)
+
+    return SimpleNamespace(
+        mean=lambda x, axis, keepdims=False: tf.reduce_mean(x, axis, keepdims=keepdims),
+        sum=lambda x, axis, keepdims=False: tf.reduce_sum(x, axis, keepdims=keepdims),
+        square=tf.square, rsqrt=tf.math.rsqrt, cast=tf.cast, reshape=tf.reshape, shape=tf.shape,
+        broadcast_to=tf.broadcast_to, convert_to_tensor=tf.convert_to_tensor, ones_like=tf.ones_like,
+        custom_gradient=custom_gradient,
+    )
+
+
+ops = keras.ops if _KERAS3 else _tf_ops()
+
+
+def _dtype(x) -> str:
+    d = x.dtype
+    if _KERAS3:
+        return keras.backend.standardize_dtype(d)
+    return getattr(d, "name", str(d))
 
 
 def _register(cls):
@@ -45,31 +78,35 @@ def _register(cls):
 
 
 def _paper_forward(x, gamma, beta, mean, var, axes, eps):
-    """Algorithm 1 with the paper's backward formulas as the gradient (x, gamma, beta). `mean` and
-    `var` are x's batch statistics, computed once by the caller (who also feeds them to the moving
-    averages); inside the custom gradient they are constants, their derivatives are in `grad`."""
+    """Algorithm 1 with the paper's backward formulas as the gradient. `mean` and `var` are x's batch
+    statistics, computed once by the caller (who also feeds them to the moving averages). They enter
+    the custom-gradient function as inputs (JAX forbids closing over traced values) whose gradients
+    are returned as zeros: their contribution to dl/dx is already in the paper's formula for dx."""
 
-    @tf.custom_gradient
-    def bn(x, gamma, beta):
+    @ops.custom_gradient
+    def bn(x, gamma, beta, mean, var):
         xc = x - mean
-        inv_std = tf.math.rsqrt(var + eps)
+        inv_std = ops.rsqrt(var + eps)
         x_hat = xc * inv_std
         y = gamma * x_hat + beta
-        m = tf.cast(tf.size(x) // tf.size(mean), x.dtype)
+        m = 1.0
+        for a in axes:
+            m *= x.shape[a]
 
-        def grad(dy):
+        def grad(*args, upstream=None):  # TF/JAX pass the upstream gradient first; torch as `upstream`
+            dy = upstream if upstream is not None else args[0]
             d_xhat = dy * gamma
-            d_var = tf.reduce_sum(d_xhat * xc, axes, keepdims=True) * -0.5 * inv_std**3
-            d_mean = tf.reduce_sum(-d_xhat * inv_std, axes, keepdims=True) + \
-                d_var * tf.reduce_sum(-2.0 * xc, axes, keepdims=True) / m
+            d_var = ops.sum(d_xhat * xc, axes, keepdims=True) * -0.5 * inv_std * inv_std * inv_std
+            d_mean = ops.sum(-d_xhat * inv_std, axes, keepdims=True) + \
+                d_var * ops.sum(-2.0 * xc, axes, keepdims=True) / m
             d_x = d_xhat * inv_std + d_var * 2.0 * xc / m + d_mean / m
-            d_gamma = tf.reshape(tf.reduce_sum(dy * x_hat, axes), tf.shape(gamma))
-            d_beta = tf.reshape(tf.reduce_sum(dy, axes), tf.shape(beta))
-            return d_x, d_gamma, d_beta
+            d_gamma = ops.reshape(ops.sum(dy * x_hat, axes), ops.shape(gamma))
+            d_beta = ops.reshape(ops.sum(dy, axes), ops.shape(beta))
+            return d_x, d_gamma, d_beta, mean * 0.0, var * 0.0
 
         return y, grad
 
-    return bn(x, gamma, beta)
+    return bn(x, gamma, beta, mean, var)
 
 
 @_register
@@ -108,7 +145,7 @@ class ExplicitBatchNorm(keras.layers.Layer):
         self.beta = self._weight("beta", shape, self.beta_initializer, True) if self.center else None
         self.moving_mean = self._weight("moving_mean", shape, self.moving_mean_initializer, False)
         self.moving_variance = self._weight("moving_variance", shape, self.moving_variance_initializer, False)
-        self._reduce = [i for i in range(rank) if i != self._axis]
+        self._reduce = tuple(i for i in range(rank) if i != self._axis)
         self._bshape = [1] * rank
         self._bshape[self._axis] = int(features)
         self.built = True
@@ -119,39 +156,42 @@ class ExplicitBatchNorm(keras.layers.Layer):
         return self.add_weight(name=name, shape=shape, initializer=initializer, trainable=trainable,
                                dtype="float32", **no_autocast)
 
-    def _param(self, var, default):
-        return tf.reshape(tf.convert_to_tensor(var), self._bshape) if var is not None else tf.constant(default, tf.float32)
+    def _param(self, var, default, like):
+        if var is None:
+            return ops.cast(ops.ones_like(like[(0,) * len(self._bshape)]) * default, "float32")
+        return ops.reshape(ops.convert_to_tensor(var), self._bshape)
 
     def _moments(self, x, mask):
+        axes = self._reduce
         if mask is None:
-            mean = tf.reduce_mean(x, self._reduce, keepdims=True)
-            return mean, tf.reduce_mean(tf.square(x - mean), self._reduce, keepdims=True)
-        w = tf.cast(mask, tf.float32)
-        w = tf.reshape(w, tf.concat([tf.shape(w), tf.ones([x.shape.rank - w.shape.rank], tf.int32)], 0)) \
-            if w.shape.rank < x.shape.rank else w
-        w = tf.broadcast_to(w, tf.shape(x))
-        count = tf.reduce_sum(w, self._reduce, keepdims=True)
-        mean = tf.reduce_sum(w * x, self._reduce, keepdims=True) / count
-        return mean, tf.reduce_sum(w * tf.square(x - mean), self._reduce, keepdims=True) / count
+            mean = ops.mean(x, axes, keepdims=True)
+            return mean, ops.mean(ops.square(x - mean), axes, keepdims=True)
+        w = ops.cast(mask, "float32")
+        while len(w.shape) < len(x.shape):
+            w = ops.reshape(w, tuple(ops.shape(w)) + (1,))
+        w = ops.broadcast_to(w, ops.shape(x))
+        count = ops.sum(w, axes, keepdims=True)
+        mean = ops.sum(w * x, axes, keepdims=True) / count
+        return mean, ops.sum(w * ops.square(x - mean), axes, keepdims=True) / count
 
     def call(self, inputs, training=None, mask=None):
-        in_dtype = inputs.dtype
-        x = tf.cast(inputs, tf.float32) if in_dtype in (tf.float16, tf.bfloat16) else inputs
-        gamma, beta = self._param(self.gamma, 1.0), self._param(self.beta, 0.0)
+        in_dtype = _dtype(inputs)
+        x = ops.cast(inputs, "float32") if in_dtype in ("float16", "bfloat16") else inputs
+        gamma, beta = self._param(self.gamma, 1.0, x), self._param(self.beta, 0.0, x)
         if bool(training) and self.trainable:
             mean, var = self._moments(x, mask)
             if self.paper_gradient and mask is None:
                 y = _paper_forward(x, gamma, beta, mean, var, self._reduce, self.epsilon)
             else:
-                y = gamma * (x - mean) * tf.math.rsqrt(var + self.epsilon) + beta
+                y = gamma * (x - mean) * ops.rsqrt(var + self.epsilon) + beta
             if self.update_moving:
                 m = self.momentum
-                self.moving_mean.assign(self.moving_mean * m + tf.reshape(mean, [-1]) * (1.0 - m))
-                self.moving_variance.assign(self.moving_variance * m + tf.reshape(var, [-1]) * (1.0 - m))
+                self.moving_mean.assign(self.moving_mean * m + ops.reshape(mean, (-1,)) * (1.0 - m))
+                self.moving_variance.assign(self.moving_variance * m + ops.reshape(var, (-1,)) * (1.0 - m))
         else:
-            mean, var = self._param(self.moving_mean, 0.0), self._param(self.moving_variance, 1.0)
-            y = gamma * (x - mean) * tf.math.rsqrt(var + self.epsilon) + beta
-        return tf.cast(y, in_dtype) if y.dtype != in_dtype else y
+            mean, var = self._param(self.moving_mean, 0.0, x), self._param(self.moving_variance, 1.0, x)
+            y = gamma * (x - mean) * ops.rsqrt(var + self.epsilon) + beta
+        return ops.cast(y, in_dtype) if _dtype(y) != in_dtype else y
 
     def compute_output_shape(self, input_shape):
         return input_shape

@@ -434,6 +434,8 @@ def pytest_sessionfinish(session, exitstatus):
            "selection": selection(config)}
     new = {"schema": results.SCHEMA, "flavour": flavour, "backend": backend, "runs": {run_id: run},
            "tests": sorted((dict(t, run=run_id) for t in tests), key=lambda t: t["nodeid"])}
+    if config.getoption("--bnspec-device") == "gpu":  # a GPU machine's run is a column of its own
+        new["device"] = "gpu"
     key = results.key(new)
     target = Path(config.getoption("--bnspec-results") or Path(config.rootpath) / "reports" / "raw" / f"{key}.json")
     old = None

@@ -16,6 +16,7 @@ import time
 
 import numpy as np
 
+from bnspec.backend import to_numpy
 from bnspec.model import bn_layers
 
 
@@ -58,5 +59,5 @@ def recompute(model, batches, unbiased: bool = True, progress: bool = False,
         if m < 2:
             raise ValueError("the unbiased variance needs batches of at least 2")
         for layer in layers:
-            layer.moving_variance.assign(np.asarray(layer.moving_variance.numpy()) * (m / (m - 1.0)))
+            layer.moving_variance.assign((to_numpy(layer.moving_variance, np.float64) * (m / (m - 1.0))).astype(np.float32))
     return {"batches": n, "batch_size": m, "seconds": round(time.time() - started, 2)}

@@ -4,7 +4,7 @@ report. No TensorFlow.
 
 Schema (version 2), one file per run key, reports/raw/<key>.json:
 {
-  "schema": 2, "flavour": "keras3", "backend": "tensorflow",
+  "schema": 2, "flavour": "keras3", "backend": "tensorflow", ["device": "gpu" for a GPU machine's run,]
   "runs": {run_id: {"finished": iso, "seconds": float, "environment": {...}, "code": {fingerprint, commit, dirty},
                     "selection": {"args": [...], "partial": bool}}},
   "tests": [{nodeid, claim|null, outcome, params, expected, observed, summary, evidence, message, run: run_id}]
@@ -34,9 +34,11 @@ class ResultsError(BnspecError):
 
 
 def key(doc: dict) -> str:
-    """The run key of a results document: the flavour, plus the backend when it is not TensorFlow."""
+    """The run key of a results document: the flavour, plus the backend when it is not TensorFlow, plus
+    "gpu" for a run on a GPU machine (`--bnspec-device=gpu`): each key is a column of the report."""
     backend = doc.get("backend") or "tensorflow"
-    return doc["flavour"] if backend == "tensorflow" else f"{doc['flavour']}-{backend}"
+    parts = [doc["flavour"]] + ([backend] if backend != "tensorflow" else []) + (["gpu"] if doc.get("device") == "gpu" else [])
+    return "-".join(parts)
 
 
 def validate(doc, origin: str) -> dict:

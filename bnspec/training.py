@@ -8,7 +8,9 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from bnspec import cache, data, flavours, paths, provenance
+import numpy as np
+
+from bnspec import backend, cache, data, flavours, paths, provenance
 from bnspec.model import ModelSpec, build, compile_model
 
 
@@ -41,7 +43,7 @@ def log(msg: str) -> None:
 
 # The source files whose code builds, trains or preprocesses the cached model: a change to any of
 # them is a new cache key (read as files, so computing the key imports no TensorFlow).
-CODE = ("model.py", "layers.py", "training.py", "data.py")
+CODE = ("model.py", "layers.py", "training.py", "data.py", "backend.py")
 
 
 def key_material(spec: ModelSpec, train: TrainSpec) -> dict:
@@ -68,39 +70,38 @@ def _load(path: Path):
     return compile_model(model, keras)
 
 
+def epoch_order(n: int, batch: int, seed: int, epoch: int, steps: int | None = None) -> np.ndarray:
+    """The example indices of one epoch: a fresh permutation per epoch from (seed, epoch), cut to full
+    batches (drop the remainder, as the notebook's pipeline did), optionally to the first `steps` batches.
+    numpy only, the same on every backend (no tf.data)."""
+    order = np.random.default_rng([seed, epoch]).permutation(n)
+    full = (n // batch if steps is None else min(steps, n // batch)) * batch
+    return order[:full]
+
+
 def _train_into(spec: ModelSpec, train: TrainSpec, out: Path) -> dict:
     keras = flavours.keras_module()
-    tf = flavours.tensorflow()
-    keras.utils.set_random_seed(train.seed)
-    tf.config.experimental.enable_op_determinism()
+    backend.deterministic(keras, train.seed)
     splits = data.preprocess(data.load_mnist(), seed=train.seed, n_valid=train.n_valid)
-    ds_train, ds_valid, ds_test = data.pipelines(splits, train.batch_size, train.seed)
     model = compile_model(build(spec, keras), keras, train.learning_rate)
-
-    class Progress(keras.callbacks.Callback):
-        def on_train_begin(self, logs=None):
-            self.t0 = time.time()
-
-        def on_epoch_end(self, epoch, logs=None):
-            logs = logs or {}
-            log(
-                f"  epoch {epoch + 1}/{train.epochs}: loss {logs.get('loss', float('nan')):.4f} "
-                f"acc {logs.get('accuracy', float('nan')):.4f} val_acc {logs.get('val_accuracy', float('nan')):.4f} "
-                f"({time.time() - self.t0:.0f} s)"
-            )
-
-    log(f"training {spec.kind} model ({train.epochs} epochs, batch {train.batch_size}) -> {out.name}")
+    log(f"training {spec.kind} model on {flavours.backend()} ({train.epochs} epochs, batch {train.batch_size}) "
+        f"-> {out.name}")
     started = time.time()
-    history = model.fit(
-        ds_train, epochs=train.epochs, validation_data=ds_valid, steps_per_epoch=train.steps_per_epoch,
-        shuffle=False, verbose=0, callbacks=[Progress()],  # ds_train shuffles itself
-    )
+    history: dict[str, list[float]] = {}
+    for epoch in range(train.epochs):  # one fit() per epoch over that epoch's order
+        idx = epoch_order(len(splits.x_train), train.batch_size, train.seed, epoch, train.steps_per_epoch)
+        h = model.fit(splits.x_train[idx], splits.y_train[idx], batch_size=train.batch_size, epochs=1, shuffle=False,
+                      validation_data=(splits.x_valid, splits.y_valid), validation_batch_size=train.batch_size, verbose=0)
+        for k, vs in h.history.items():
+            history.setdefault(k, []).extend(float(v) for v in vs)
+        log(f"  epoch {epoch + 1}/{train.epochs}: loss {history['loss'][-1]:.4f} acc {history['accuracy'][-1]:.4f} "
+            f"val_acc {history['val_accuracy'][-1]:.4f} ({time.time() - started:.0f} s)")
     seconds = time.time() - started
-    test_loss, test_acc = model.evaluate(ds_test, verbose=0)
+    test_loss, test_acc = model.evaluate(splits.x_test, splits.y_test, batch_size=train.batch_size, verbose=0)
     model.save(out / "model.keras")
     log(f"trained in {seconds:.0f} s: test accuracy {test_acc:.4f}")
     return {
-        "history": {k: [float(v) for v in vs] for k, vs in history.history.items()},
+        "history": history,
         "test_loss": float(test_loss),
         "test_accuracy": float(test_acc),
         "train_seconds": round(seconds, 1),
@@ -108,7 +109,8 @@ def _train_into(spec: ModelSpec, train: TrainSpec, out: Path) -> dict:
 
 
 def _entry_name(spec: ModelSpec) -> str:
-    return f"{flavours.current()}-{spec.kind}" + ("" if spec.bn == "keras" else f"-{spec.bn}")
+    be = flavours.backend()
+    return f"{flavours.current()}{'' if be == 'tensorflow' else '-' + be}-{spec.kind}" + ("" if spec.bn == "keras" else f"-{spec.bn}")
 
 
 def cached_entry(spec: ModelSpec = ModelSpec(), train: TrainSpec = TrainSpec()) -> Path | None:

@@ -1,0 +1,159 @@
+"""The few things a claim test needs that differ between Keras backends (TensorFlow, JAX, PyTorch) and
+between Keras 3 and tf_keras: numpy conversion, gradients, compiled functions, devices, determinism.
+
+Everything else a test does goes through `keras.ops` and numpy. Each helper imports its backend
+lazily, so importing this module imports none (the backend is the one of bnspec.flavours.backend()).
+
+    from bnspec import backend as B
+    y = B.to_numpy(layer(x, training=True))
+    grads = B.gradients(lambda x: ops.sum(layer(x, training=True) * dy), x, [layer.gamma, layer.beta])
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+
+from bnspec import flavours
+
+
+def name() -> str:
+    return flavours.backend()
+
+
+def to_numpy(x, dtype=None) -> np.ndarray:
+    """A numpy copy of a backend tensor or a Keras variable (torch tensors that require grad too)."""
+    if hasattr(x, "path") and hasattr(x, "value") and not callable(x.value):  # a Keras 3 variable
+        x = x.value
+    if hasattr(x, "detach"):  # torch
+        arr = x.detach().cpu().numpy()
+    elif hasattr(x, "numpy"):  # tf tensors and variables
+        arr = np.asarray(x.numpy())
+    else:  # jax arrays, numpy
+        arr = np.asarray(x)
+    return arr.astype(dtype) if dtype is not None else np.array(arr)
+
+
+def gradients(loss_fn, x, variables=()) -> tuple[np.ndarray, list[np.ndarray]]:
+    """d loss_fn(x) / dx and d loss_fn(x) / d each variable (Keras variables), as numpy arrays,
+    through the backend's own autodiff: tf.GradientTape, jax.grad, torch.autograd. `x` is a numpy
+    array (given to loss_fn as a backend tensor). State updates inside loss_fn (a training-mode BN
+    moving its statistics) happen on TensorFlow and PyTorch and are discarded on JAX (stateless)."""
+    b = name()
+    variables = list(variables)
+    if b == "tensorflow":
+        import tensorflow as tf
+
+        xt = tf.constant(x)
+        with tf.GradientTape() as tape:
+            tape.watch(xt)
+            loss = loss_fn(xt)
+        gx, *gv = tape.gradient(loss, [xt] + [getattr(v, "value", v) if hasattr(v, "path") else v for v in variables])
+        return to_numpy(gx), [to_numpy(g) for g in gv]
+    if b == "jax":
+        import jax
+        import jax.numpy as jnp
+
+        import keras
+
+        values = [jnp.asarray(v.value) for v in variables]
+
+        def pure(xv, vals):  # the variables' values as inputs: Keras' StatelessScope maps them in
+            with keras.StatelessScope(state_mapping=list(zip(variables, vals))):
+                return loss_fn(xv)
+
+        gx, gv = jax.grad(pure, argnums=(0, 1))(jnp.asarray(x), values)
+        return to_numpy(gx), [to_numpy(g) for g in gv]
+    if b == "torch":
+        import torch
+
+        xt = torch.tensor(np.asarray(x), requires_grad=True)
+        for v in variables:
+            if v.value.grad is not None:
+                v.value.grad = None
+        loss = loss_fn(xt)
+        tensors = [xt] + [v.value for v in variables]
+        grads = torch.autograd.grad(loss, tensors, allow_unused=True)
+        out = [np.zeros(t.shape, np.float32) if g is None else g.detach().cpu().numpy() for t, g in zip(tensors, grads)]
+        return out[0], out[1:]
+    raise ValueError(f"unknown backend {b!r}")
+
+
+def function(fn):
+    """fn compiled the backend's usual way for a loop of many calls: tf.function on TensorFlow (state
+    updates work inside), plain eager elsewhere (jax.jit needs stateless calls; eager is exact)."""
+    if name() == "tensorflow":
+        import tensorflow as tf
+
+        return tf.function(fn, reduce_retracing=True)
+    return fn
+
+
+def gpus() -> list[str]:
+    """Names of the GPUs the backend sees."""
+    b = name()
+    try:
+        if b == "tensorflow":
+            import tensorflow as tf
+
+            return [d.name for d in tf.config.list_physical_devices("GPU")]
+        if b == "jax":
+            import jax
+
+            return [str(d) for d in jax.devices() if d.platform == "gpu"]
+        if b == "torch":
+            import torch
+
+            return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    except (ImportError, RuntimeError):
+        return []
+    return []
+
+
+@contextlib.contextmanager
+def device_scope(keras, device: str):
+    """Run the body on 'cpu' or 'gpu' (the first one): tf.device for TensorFlow (both flavours),
+    keras.device for Keras 3 on JAX and PyTorch."""
+    if name() == "tensorflow":
+        import tensorflow as tf
+
+        with tf.device("/GPU:0" if device == "gpu" else "/CPU:0"):
+            yield
+        return
+    with keras.device("gpu:0" if device == "gpu" else "cpu:0"):
+        yield
+
+
+def float32_matmul_highest() -> None:
+    """float32 matmuls in float32, not TF32 / bf16 passes (Ampere/Hopper GPUs default to less): every
+    float32 bound in bnspec.reference assumes float32 arithmetic."""
+    b = name()
+    if b == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_tensor_float_32_execution(False)
+    elif b == "jax":
+        import jax
+
+        jax.config.update("jax_default_matmul_precision", "highest")
+    elif b == "torch":
+        import torch
+
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        torch.set_float32_matmul_precision("highest")
+
+
+def deterministic(keras, seed: int) -> None:
+    """Seeds everything Keras uses and asks the backend for deterministic kernels."""
+    keras.utils.set_random_seed(seed)
+    b = name()
+    if b == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+    elif b == "torch":
+        import torch
+
+        torch.use_deterministic_algorithms(True, warn_only=True)
