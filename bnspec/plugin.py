@@ -167,8 +167,8 @@ class Verdict:
     """Collects evidence for one test case and checks the observed verdict against the claim's.
 
     The comparison helpers share one spelling: each records `evidence[name] = {"value", "bound",
-    "ratio"}` where value is the largest measured quantity, bound the bound at the worst element and
-    ratio = max(value / bound) (<= 1 means within), and returns the comparison's outcome."""
+    "ratio"}` for the element whose value/bound ratio is largest (the nearest to its bound, or the
+    furthest past it): ratio <= 1 means within. Each returns the comparison's outcome."""
 
     def __init__(self, item, claim: claims.Claim):
         self.item = item
@@ -192,8 +192,8 @@ class Verdict:
         v, b = np.broadcast_arrays(v, b)
         with np.errstate(divide="ignore", invalid="ignore"):
             ratio = np.where(b > 0, v / np.where(b > 0, b, 1.0), np.where(v > 0, np.inf, 0.0))
-        worst = int(np.argmax(ratio))
-        self.evidence[name] = {"value": float(v.max()), "bound": float(b.flat[worst]),
+        worst = int(np.argmax(ratio))  # value and bound of the same element: the one nearest (or past) its bound
+        self.evidence[name] = {"value": float(v.flat[worst]), "bound": float(b.flat[worst]),
                                "ratio": float(ratio.flat[worst]) if np.isfinite(ratio.flat[worst]) else "inf"}
         self._publish()
         return v, b, float(ratio.flat[worst])

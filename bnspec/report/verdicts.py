@@ -297,8 +297,8 @@ def environment(docs: list[dict], fingerprint: str) -> list[str]:
 def evidence_page(docs: list[dict], sums: dict[str, dict]) -> str:
     lines = ["# bnspec evidence: every measured case", "",
              "Per claim and run: each test case, its status and its numbers. A comparison reads "
-             "`name=value≤bound (ratio x)`: the largest measured quantity, the bound at the worst element and "
-             "their worst ratio (≤ 1 holds). Back to [the report](REPORT.md).", ""]
+             "`name=value≤bound (ratio x)` for the element nearest to (or furthest past) its bound: "
+             "ratio ≤ 1 is within. Back to [the report](REPORT.md).", ""]
     for c in claims.CLAIMS:
         lines += [f'<a id="{anchor(c.id)}"></a>', "", f"## {c.id} — {esc(c.title)}", ""]
         for d in docs:
