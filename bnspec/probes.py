@@ -1,11 +1,20 @@
 """Small measuring helpers the claim tests share: BN layers with non-trivial state, weight
-snapshots, and the numbers a model's BN layers hold. Needs TensorFlow (through the caller's keras)."""
+snapshots, and the numbers a model's BN layers hold. Needs TensorFlow (through the caller's keras).
+
+Change detection is NaN-safe: `changes` and `grouped_changes` raise bnspec.plugin.NonFiniteMeasurement
+when a snapshot holds a NaN or infinite value (a NaN written into a variable is never read as "no
+change", nor as a change: it is an error of the test). To decide "unchanged" for a verdict use
+`unchanged(verdict, before, after)`, which compares bitwise through `verdict.equal` and records the
+evidence per group of variables."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from bnspec import model as bn_model
+from bnspec.plugin import finite
+
+GROUPS = ("kernels", "gamma_beta", "moving")  # the kinds of variable a model's snapshot is grouped into
 
 
 def bn_state(layer) -> dict:
@@ -45,7 +54,8 @@ def set_bn_state(layer, state: dict) -> None:
 
 
 def snapshot(model) -> dict[str, np.ndarray]:
-    """Independent copies of every variable, keyed by a stable name."""
+    """Independent copies of every variable, keyed by a stable name. Non-finite values are kept (a
+    snapshot is raw data); the functions below that read snapshots reject them."""
     return {f"{i}:{_name(v)}": np.array(v.numpy()) for i, v in enumerate(model.weights)}
 
 
@@ -53,19 +63,54 @@ def _name(v) -> str:
     return getattr(v, "path", None) or v.name
 
 
+def group_of(key: str) -> str:
+    """The group ("kernels", "gamma_beta" or "moving") of a snapshot key."""
+    name = key.split(":", 1)[1] if ":" in key else key
+    return "moving" if "moving" in name else "gamma_beta" if ("gamma" in name or "beta" in name) else "kernels"
+
+
 def changes(before: dict, after: dict) -> dict[str, float]:
-    """max |after - before| per variable."""
-    return {k: float(np.max(np.abs(after[k].astype(np.float64) - before[k]))) for k in before}
+    """max |after - before| per variable. Raises NonFiniteMeasurement if either snapshot holds a NaN or
+    inf in that variable (np.max would propagate a NaN, and a NaN compared with 0 reads as "no change")."""
+    if set(before) != set(after):
+        raise ValueError(f"snapshots of different variables: {sorted(set(before) ^ set(after))}")
+    return {k: float(np.max(np.abs(finite(f"{k} after", after[k]) - finite(f"{k} before", before[k]))))
+            for k in before}
 
 
 def grouped_changes(model, before: dict, after: dict) -> dict[str, float]:
-    """Largest change per kind of variable: kernel/bias, gamma/beta, moving statistics."""
-    groups = {"kernels": 0.0, "gamma_beta": 0.0, "moving": 0.0}
+    """Largest change per kind of variable: kernel/bias, gamma/beta, moving statistics (NaN-safe, as
+    `changes`; a group with no variable reports 0.0). For a verdict on "unchanged" prefer `unchanged`."""
+    groups = dict.fromkeys(GROUPS, 0.0)
     for key, delta in changes(before, after).items():
-        name = key.split(":", 1)[1]
-        group = "moving" if "moving" in name else "gamma_beta" if ("gamma" in name or "beta" in name) else "kernels"
-        groups[group] = max(groups[group], delta)
+        groups[group_of(key)] = max(groups[group_of(key)], delta)  # every delta is finite here
     return groups
+
+
+def grouped_arrays(snap: dict) -> dict[str, np.ndarray]:
+    """A snapshot's variables flattened and concatenated per group (float64; groups with no variable
+    are left out)."""
+    parts: dict[str, list] = {}
+    for key in snap:  # in the snapshot's (the model's) variable order
+        parts.setdefault(group_of(key), []).append(np.ravel(np.asarray(snap[key], np.float64)))
+    return {g: np.concatenate(parts[g]) for g in GROUPS if g in parts}
+
+
+def unchanged(verdict, before: dict, after: dict, prefix: str = "") -> dict[str, bool]:
+    """Per group, whether every variable is finite and bitwise unchanged, recorded through
+    `verdict.equal` as evidence `<prefix><group>_unchanged` (value: max |change|). A non-finite value
+    in either snapshot raises NonFiniteMeasurement (an error of the test, never a verdict)."""
+    a, b = grouped_arrays(before), grouped_arrays(after)
+    if set(a) != set(b):
+        raise ValueError(f"snapshots with different groups: {sorted(a)} vs {sorted(b)}")
+    return {g: verdict.equal(f"{prefix}{g}_unchanged", a[g], b[g]) for g in a}
+
+
+def moving_state(layers) -> np.ndarray:
+    """The moving mean and variance of BN `layers`, one float64 vector (a raw copy: compare it with
+    `verdict.equal`, which rejects non-finite values)."""
+    return np.concatenate([np.concatenate([np.ravel(layer.moving_mean.numpy()), np.ravel(layer.moving_variance.numpy())])
+                           for layer in layers]).astype(np.float64)
 
 
 def mlp_reference_layers(model) -> list[dict]:
@@ -91,6 +136,7 @@ def randomise_model_bn(model, rng: np.random.Generator) -> None:
 INFERENCE_ENTRIES = ("predict", "predict_on_batch", "evaluate", "test_on_batch", "call", "call_training_false")
 TRAINING_ENTRIES = ("fit", "train_on_batch", "call_training_true")
 OUTPUT_ENTRIES = ("predict", "predict_on_batch", "call", "call_training_false", "call_training_true")
+LOSS_ENTRIES = ("evaluate", "test_on_batch")  # return the mean cross-entropy loss of the batch
 
 
 def run_entry(model, entry: str, x, y):
@@ -120,6 +166,20 @@ def run_entry(model, entry: str, x, y):
     raise ValueError(f"unknown entry point {entry!r}")
 
 
+def _collapse_parts(model, bn_index: int):
+    from bnspec import reference
+
+    layers = bn_model._all_layers(model)
+    bn = bn_model.bn_layers(model)[bn_index]
+    pos = layers.index(bn)
+    w_in, b_in = layers[pos - 1].get_weights()
+    w_out, b_out = bn_model.dense_layers(model)[-1].get_weights()
+    x_max = np.abs(w_in).sum(axis=0) + np.abs(b_in)
+    s = bn_state(bn)
+    e = reference.batch_of_one_bound(x_max, s["gamma"], s["beta"], s["eps"])
+    return s, e, np.asarray(w_out, np.float64), np.asarray(b_out, np.float64)
+
+
 def collapse_bound(model, bn_index: int = -1) -> np.ndarray:
     """Bound on how much the logits of two single-example batches can differ when the BN layer
     `bn_index` (the last hidden one by default) runs in training mode on batches of one.
@@ -127,18 +187,25 @@ def collapse_bound(model, bn_index: int = -1) -> np.ndarray:
     That layer then outputs beta + e with |e| <= batch_of_one_bound(x), where its input x comes from
     a Dense layer fed by tanh/sigmoid outputs in [-1, 1], so |x_j| <= sum_i |W_ij| + |b_j|. Through
     the activation (1-Lipschitz) and the logits layer W_out, two outputs differ by at most
-    2 * |W_out|^T e, plus the float32 rounding of the logits' dot products (2 * k * u * |W_out|^T 1)."""
+    2 * |W_out|^T e, plus the float32 rounding of the logits' dot products (2 * k * u * |W_out|^T 1).
+
+    The same number bounds |logits - collapsed_logits(model)| (one output against the exact
+    training-mode reference): that distance is at most |W_out|^T e plus one dot product's rounding
+    ((k+1)*u*(|W_out|^T 1 + |b_out|), the activation's own rounding adding u*|W_out|^T 1), i.e. at
+    most half this bound for k >= 2."""
     from bnspec import reference
 
-    layers = bn_model._all_layers(model)
-    bns = bn_model.bn_layers(model)
-    bn = bns[bn_index]
-    pos = layers.index(bn)
-    w_in, b_in = layers[pos - 1].get_weights()
-    w_out, b_out = bn_model.dense_layers(model)[-1].get_weights()
-    x_max = np.abs(w_in).sum(axis=0) + np.abs(b_in)
-    s = bn_state(bn)
-    e = reference.batch_of_one_bound(x_max, s["gamma"], s["beta"], s["eps"])
+    _, e, w_out, b_out = _collapse_parts(model, bn_index)
     k = w_out.shape[0]
-    aw = np.abs(w_out.astype(np.float64))
+    aw = np.abs(w_out)
     return 2 * (e @ aw) + 2 * k * reference.U32 * (aw.sum(axis=0) + np.abs(b_out))
+
+
+def collapsed_logits(model, activation: str = "tanh") -> np.ndarray:
+    """The exact (float64) logits of a single-example batch when the last hidden BN layer runs in
+    training mode: that layer outputs beta whatever the input (the batch's mean is the example, its
+    variance 0), so the logits are act(beta) @ W_out + b_out, one row (shape (1, 10)) for every
+    input. Compare with `collapse_bound(model)` (see there)."""
+    s, _, w_out, b_out = _collapse_parts(model, -1)
+    act = np.tanh if activation == "tanh" else (lambda z: 1.0 / (1.0 + np.exp(-z)))
+    return (act(s["beta"]) @ w_out + b_out)[None, :]

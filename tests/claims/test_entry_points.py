@@ -2,15 +2,23 @@
 
 Models are the notebook's architecture (bnspec.model), untrained but with randomised BN state
 (bnspec.probes.randomise_bn), fed seeded random inputs: what is measured is the mode and the
-state changes, not accuracy. "Unchanged" is bitwise: an inference call assigns no variable."""
+state changes, not accuracy. "Unchanged" is finite and bitwise equal (probes.unchanged, through
+verdict.equal): an inference call assigns no variable, and a NaN written into one is an error.
+
+A mode is identified by comparing outputs with the float64 reference of that mode: all BN layers in
+inference mode (reference.mlp_inference, with its float32 bound), or, for single examples through a
+last BN layer in training mode, the collapsed logits act(beta) @ W_out + b_out (probes.collapsed_logits,
+within probes.collapse_bound). Each test first checks that the two references are further apart than
+the sum of their bounds, so an output within one bound is outside the other."""
 
 import numpy as np
 import pytest
 
 from bnspec import probes, reference
-from bnspec.model import KINDS, ModelSpec, bn_layers, build, compile_model
+from bnspec.model import KINDS, NOTEBOOK_HARDCODED_LAYERS, ModelSpec, bn_layers, build, compile_model, dense_layers
 
 BATCH = 60
+SINGLES = 10  # single-example batches per test of the hard-coded model
 
 
 @pytest.fixture
@@ -26,32 +34,89 @@ def _model(keras, rng, **spec):
     return model
 
 
-def _run(model, entry, x, y):
+def _run(verdict, model, entry, x, y):
+    """Run the entry point; returns (output, {group: finite and bitwise unchanged}) with the evidence recorded."""
     before = probes.snapshot(model)
     out = probes.run_entry(model, entry, x, y)
-    return out, probes.grouped_changes(model, before, probes.snapshot(model))
+    return out, probes.unchanged(verdict, before, probes.snapshot(model))
+
+
+def _loss_reference(logits, logit_bound, y):
+    """Per example: the exact cross-entropy of `logits` (float64) and a bound on |float32 loss - it| for
+    an implementation whose logits are within `logit_bound` of `logits`.
+
+    Propagation: L = logsumexp(z) - z_y moves by <= 2 max_j |dz_j| (logsumexp is 1-Lipschitz in the max
+    norm). Rounding of the float32 evaluation (z - max z, exp, a sum of 10 terms <= 1, log, subtract):
+    the shifted logits carry u*|z_j - max z| each (through exp into the log: at most u*range(z) twice,
+    for the sum and for z_y), the sum of 10 terms 10u relative, exp and log a few ulps each, the final
+    subtraction u*|L|: at most u*(2 range(z) + 16 + |L|); we allow 4 times that for exp/log
+    implementations that are not correctly rounded (a few ulps each)."""
+    z = np.asarray(logits, np.float64)
+    loss = reference.softmax_cross_entropy(z, y)
+    rng_z = z.max(axis=1) - z.min(axis=1)
+    return loss, 2 * np.asarray(logit_bound, np.float64).max(axis=1) + 4 * reference.U32 * (2 * rng_z + 16 + loss)
+
+
+def _mean_loss_bound(loss, per_example_bound):
+    """Bound on |mean float32 loss - mean exact loss| over a batch of n: the per-example bounds on
+    average, plus the float32 reduction of n positive terms (<= n*u*mean L) and the loss tracker's
+    few roundings (total / count: 3u*mean L)."""
+    n = len(loss)
+    return per_example_bound.mean() + (n + 3) * reference.U32 * loss.mean()
+
+
+def _single_losses(logits, logit_bound, y):
+    """Per row, the exact loss and the bound on the loss a batch of ONE reports (_mean_loss_bound, n = 1)."""
+    loss, per = _loss_reference(logits, logit_bound, y)
+    return loss, np.array([_mean_loss_bound(loss[i : i + 1], per[i : i + 1]) for i in range(len(loss))])
+
+
+def _first_bn_update(model, x):
+    """The expected moving mean/variance of the first BN layer after one training step on x, and their
+    bounds. The forward pass of a step sees the weights before the step, so the layer's input is
+    h = x @ W0 + b0 with the current Dense weights. float32 computes h within
+    dh = (k+1)*u*(|x| @ |W0| + |b0|) (k = 784, worst case for any summation order); that moves the batch
+    mean by <= mean(dh) and the biased variance by <= 2*mean(|h - mu| * D) + mean(D^2) with
+    D = dh + mean(dh) (the perturbation minus its mean); both enter the update times (1 - momentum),
+    on top of reference.ema_bounds (the update's own arithmetic and reductions)."""
+    dense, bn = dense_layers(model)[0], bn_layers(model)[0]
+    w, b = (np.asarray(v, np.float64) for v in dense.get_weights())
+    s, momentum = probes.bn_state(bn), float(bn.momentum)
+    xs = np.asarray(x, np.float64)
+    h = xs @ w + b
+    k = w.shape[0]
+    dh = (k + 1) * reference.U32 * (np.abs(xs) @ np.abs(w) + np.abs(b))
+    mean, var = reference.batch_stats(h)
+    d = dh + dh.mean(axis=0)
+    d_mean = dh.mean(axis=0)
+    d_var = 2 * (np.abs(h - mean) * d).mean(axis=0) + (d**2).mean(axis=0)
+    b_mean, b_var = reference.ema_bounds(h, s["mean"], s["var"], momentum)
+    return ({"mean": reference.ema(s["mean"], mean, momentum), "var": reference.ema(s["var"], var, momentum)},
+            {"mean": b_mean + (1 - momentum) * d_mean, "var": b_var + (1 - momentum) * d_var}, s, bn)
 
 
 @pytest.mark.claim("M01")
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("entry", probes.INFERENCE_ENTRIES)
 def test_inference_entry_points_change_nothing(verdict, keras, rng, batch, entry, kind):
-    _, delta = _run(_model(keras, rng, kind=kind), entry, *batch)
-    verdict.record(**{f"max_change_{k}": v for k, v in delta.items()})
-    verdict.conclude(all(v == 0.0 for v in delta.values()),
-                     f"largest change: moving {delta['moving']:.2e}, gamma/beta {delta['gamma_beta']:.2e}, "
-                     f"kernels {delta['kernels']:.2e}")
+    _, same = _run(verdict, _model(keras, rng, kind=kind), entry, *batch)
+    ev = verdict.evidence
+    verdict.conclude(all(same.values()),
+                     f"largest change: moving {ev['moving_unchanged']['value']:.2e}, gamma/beta "
+                     f"{ev['gamma_beta_unchanged']['value']:.2e}, kernels {ev['kernels_unchanged']['value']:.2e} "
+                     "(all finite; unchanged means bitwise)")
 
 
 @pytest.mark.claim("M02")
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("entry", probes.TRAINING_ENTRIES)
 def test_training_entry_points_change_state(verdict, keras, rng, batch, entry, kind):
-    _, delta = _run(_model(keras, rng, kind=kind), entry, *batch)
+    _, same = _run(verdict, _model(keras, rng, kind=kind), entry, *batch)
     kernels_must_move = entry != "call_training_true"
-    ok = delta["moving"] > 0 and (delta["kernels"] > 0 or not kernels_must_move)
-    verdict.record(**{f"max_change_{k}": v for k, v in delta.items()})
-    verdict.conclude(ok, f"moving statistics changed by {delta['moving']:.2e}, kernels by {delta['kernels']:.2e}")
+    ok = not same["moving"] and (not same["kernels"] or not kernels_must_move)
+    ev = verdict.evidence
+    verdict.conclude(ok, f"moving statistics changed by {ev['moving_unchanged']['value']:.2e}, kernels by "
+                         f"{ev['kernels_unchanged']['value']:.2e} (new values finite)")
 
 
 @pytest.mark.claim("N02")
@@ -61,45 +126,70 @@ def test_inference_updates_moving_statistics_when_trainable(verdict, keras, rng,
     model = _model(keras, rng)
     assert all(layer.trainable for layer in bn_layers(model))
     x, y = batch
-    _, delta = _run(model, entry, x[:batch_size], y[:batch_size])
-    verdict.record(max_change_moving=delta["moving"])
-    verdict.conclude(delta["moving"] > 0, f"moving statistics changed by {delta['moving']:.2e} (trainable=True)")
+    _, same = _run(verdict, model, entry, x[:batch_size], y[:batch_size])
+    change = verdict.evidence["moving_unchanged"]["value"]
+    verdict.mechanism("moving_unchanged", same["moving"],
+                      f"moving statistics finite and {'bitwise unchanged' if same['moving'] else f'changed by {change:.2e}'}")
+    verdict.conclude(not same["moving"], f"{entry} on {batch_size} example(s), trainable=True: moving statistics "
+                                         f"{'bitwise unchanged' if same['moving'] else f'changed by {change:.2e}'}")
 
 
 @pytest.mark.claim("N04")
 @pytest.mark.parametrize("entry", [e for e in probes.INFERENCE_ENTRIES if e != "call_training_false"]
                          + ["fit", "train_on_batch"])
-def test_training_flag_is_set_automatically(verdict, keras, rng, batch, entry):
+def test_training_flag_is_set_automatically(verdict, keras, device, rng, batch, entry):
     model = _model(keras, rng)
     x, y = batch
     layers = probes.mlp_reference_layers(model)
     ref_logits, bound = reference.mlp_inference(x, layers)
     alt_logits = reference.mlp_training(x, layers)  # what training mode would give
+    if entry in ("fit", "train_on_batch"):
+        # training mode <=> the first BN layer's moving statistics take one EMA step towards the batch
+        # statistics of its input (claim K03); the inference alternative leaves them where they are
+        want, tol, s, bn = _first_bn_update(model, x)
+        verdict.power("no_update_alternative_mean", s["mean"] - want["mean"], 2 * tol["mean"])
+        _, same = _run(verdict, model, entry, x, y)
+        after = probes.bn_state(bn)
+        ok_mean = verdict.within("first_bn_moving_mean_vs_batch_update", after["mean"] - want["mean"], tol["mean"])
+        ok_var = verdict.within("first_bn_moving_variance_vs_batch_update", after["var"] - want["var"], tol["var"])
+        ev = verdict.evidence
+        verdict.conclude(not same["moving"] and ok_mean and ok_var,
+                         f"{entry}: moving statistics changed by {ev['moving_unchanged']['value']:.2e}; the first BN "
+                         f"layer's moving mean is within {ev['first_bn_moving_mean_vs_batch_update']['ratio']} x its "
+                         f"bound of one update with the batch statistics")
+        return
     # The test must be able to tell the two modes apart, or its verdict means nothing:
-    assert np.abs(alt_logits - ref_logits).max() > 2 * bound.max(), "mode test has no power"
-    out, delta = _run(model, entry, x, y)
-    if entry in ("fit", "train_on_batch"):  # training mode <=> the moving statistics move (claim K03)
-        verdict.record(max_change_moving=delta["moving"])
-        verdict.conclude(delta["moving"] > 0, f"{entry}: moving statistics changed by {delta['moving']:.2e}")
-        return
-    if entry in ("evaluate", "test_on_batch"):
-        ref = reference.softmax_cross_entropy(ref_logits, y)
-        # cross-entropy moves by <= 2*max|dz| per example; + float32 rounding of the loss itself
-        tol = 2 * bound.max(axis=1).mean() + 32 * reference.U32 * ref.mean()
-        err = abs(out - ref.mean())
+    verdict.power("training_mode_alternative", alt_logits - ref_logits, 2 * bound)
+    out = probes.run_entry(model, entry, x, y)
+    if entry in probes.LOSS_ENTRIES:
+        ref, per = _loss_reference(ref_logits, bound, y)
+        tol = _mean_loss_bound(ref, per)
         alt = reference.softmax_cross_entropy(alt_logits, y).mean()
-        assert abs(alt - ref.mean()) > 2 * tol, "loss test cannot tell the modes apart"
-        verdict.record(loss=out, reference_inference_loss=ref.mean(), abs_err=err, bound=tol,
-                       training_mode_loss=alt)
-        verdict.conclude(err <= tol, f"loss {out:.6f} vs inference-mode reference {ref.mean():.6f} "
-                                     f"(|diff| {err:.1e} <= bound {tol:.1e}?)")
+        verdict.power("training_mode_loss_alternative", alt - ref.mean(), 2 * tol)
+        ok = verdict.within("loss_vs_inference_reference", out - ref.mean(), tol)
+        verdict.record(loss=out, reference_inference_loss=ref.mean(), training_mode_loss=alt)
+        verdict.conclude(ok, f"loss {out:.6f} vs inference-mode reference {ref.mean():.6f} (bound {tol:.1e}); "
+                             f"training mode would give {alt:.6f}")
         return
-    err = np.abs(out - ref_logits)
-    verdict.record(max_abs_err=err.max(), max_bound=bound.max(), worst_err_over_bound=(err / bound).max(),
-                   diff_to_training_mode=np.abs(out - alt_logits).max())
-    verdict.conclude(bool(np.all(err <= bound)),
-                     f"max |logits - inference-mode reference| = {err.max():.2e} (bound {bound.max():.2e}); "
-                     f"training mode would differ by {np.abs(out - alt_logits).max():.2f}")
+    ok = verdict.within("logits_vs_inference_reference", out - ref_logits, bound)
+    ev = verdict.evidence
+    verdict.conclude(ok, f"max |logits - inference-mode reference| = {ev['logits_vs_inference_reference']['value']:.2e} "
+                         f"(worst ratio to its bound {ev['logits_vs_inference_reference']['ratio']}); training mode "
+                         f"would differ by {ev['training_mode_alternative']['value']:.2f}")
+
+
+def _hardcoded(model):
+    layers = bn_layers(model)
+    return [layers[i] for i in NOTEBOOK_HARDCODED_LAYERS]
+
+
+def _mode_references(verdict, model, x):
+    """Inference-mode logits and bound for the rows of x, the collapsed (training-mode) logits and their
+    bound, after checking that the two references are told apart on these rows."""
+    inf_logits, inf_bound = reference.mlp_inference(x, probes.mlp_reference_layers(model))
+    col_logits, col_bound = probes.collapsed_logits(model), probes.collapse_bound(model)
+    verdict.power("inference_vs_collapsed_reference", inf_logits - col_logits, inf_bound + col_bound)
+    return inf_logits, inf_bound, col_logits, col_bound
 
 
 @pytest.mark.claim("N05")
@@ -107,40 +197,71 @@ def test_training_flag_is_set_automatically(verdict, keras, rng, batch, entry):
 @pytest.mark.parametrize("entry", probes.INFERENCE_ENTRIES)
 def test_hardcoded_training_flag_wins(verdict, keras, rng, batch, entry, kind):
     model = _model(keras, rng, kind=kind, hardcoded_training=True)
-    x, y = batch
-    hard = bn_layers(model)[1]  # the notebook hard-coded its 2nd and 3rd BN layers
-    moving_before = hard.moving_mean.numpy().copy()
-    bound = probes.collapse_bound(model)  # before any call updates the statistics
-    outs = [probes.run_entry(model, entry, x[i : i + 1], y[i : i + 1]) for i in range(10)]
-    moved = float(np.abs(hard.moving_mean.numpy() - moving_before).max())
-    evidence = {"moving_mean_change_of_hardcoded_layer": moved}
-    training_mode = moved > 0
-    collapsed = True
+    x, y = batch[0][:SINGLES], batch[1][:SINGLES]
+    hard = _hardcoded(model)  # the notebook hard-coded its 2nd and 3rd BN layers
+    # state before any call: an inference entry never changes gamma, beta or the kernels, and the
+    # inference reference is only used when the moving statistics are found bitwise unchanged
+    inf_logits, inf_bound, col_logits, col_bound = _mode_references(verdict, model, x)
+    moving_before = probes.moving_state(hard)
+    outs = [probes.run_entry(model, entry, x[i : i + 1], y[i : i + 1]) for i in range(SINGLES)]
+    hard_unchanged = verdict.equal("hardcoded_layers_moving_unchanged", moving_before, probes.moving_state(hard))
     if entry in probes.OUTPUT_ENTRIES:
         logits = np.concatenate(outs)
-        spread = np.abs(logits - logits[0]).max(axis=0)
-        collapsed = bool(np.all(spread <= bound))
-        evidence |= {"logit_spread_over_10_single_examples": spread.max(), "collapse_bound": bound.max(),
-                     "distinct_classes": len(set(logits.argmax(axis=1).tolist()))}
-    verdict.record(**evidence)
-    summary = f"hard-coded layer's moving mean moved {moved:.2e}"
-    if "distinct_classes" in evidence:
-        summary += (f"; 10 single examples -> {evidence['distinct_classes']} class(es), "
-                    f"logit spread {evidence['logit_spread_over_10_single_examples']:.2e} (collapse bound {bound.max():.1e})")
-    verdict.conclude(training_mode and collapsed, summary)
+        collapsed = verdict.within("logits_vs_collapsed_reference", logits - col_logits, col_bound)
+        as_inference = verdict.within("logits_vs_inference_reference", logits - inf_logits, inf_bound)
+        verdict.record(distinct_classes=len(set(np.asarray(logits).argmax(axis=1).tolist())))
+        what = "logits"
+    else:  # evaluate / test_on_batch return the loss of each single-example batch
+        losses = np.asarray(outs, np.float64)
+        col_rows = np.repeat(col_logits, SINGLES, axis=0)  # the collapsed logits, the same for every example
+        col_loss, col_tol = _single_losses(col_rows, np.broadcast_to(col_bound, col_rows.shape), y)
+        inf_loss, inf_tol = _single_losses(inf_logits, inf_bound, y)
+        verdict.power("inference_vs_collapsed_loss", inf_loss - col_loss, inf_tol + col_tol)
+        collapsed = verdict.within("loss_vs_collapsed_reference", losses - col_loss, col_tol)
+        as_inference = verdict.within("loss_vs_inference_reference", losses - inf_loss, inf_tol)
+        what = "losses"
+    verdict.mechanism("hardcoded_layer_in_inference", hard_unchanged and as_inference,
+                      f"hard-coded layers' moving statistics {'bitwise unchanged' if hard_unchanged else 'moved'}; "
+                      f"{what} {'equal' if as_inference else 'do not equal'} the inference-mode reference within its bound")
+    verdict.conclude(not hard_unchanged and collapsed,
+                     f"{kind}, {entry} on {SINGLES} single examples: hard-coded layers' moving statistics "
+                     f"{'bitwise unchanged' if hard_unchanged else 'moved'}; {what} "
+                     f"{'collapse to' if collapsed else 'do not collapse to'} the training-mode reference "
+                     f"(collapse bound {col_bound.max():.1e}) and {'equal' if as_inference else 'do not equal'} "
+                     "the inference-mode reference")
 
 
 @pytest.mark.claim("N07")
 @pytest.mark.parametrize("kind", ["functional", "subclassed"])
 def test_hardcoded_model_ignores_training_argument(verdict, keras, rng, batch, kind):
     model = _model(keras, rng, kind=kind, hardcoded_training=True)
-    bound = probes.collapse_bound(model)  # the hard-coded last BN layer makes every single example ~beta
-    x = batch[0]
-    worst = 0.0
-    for i in range(10):
-        on = np.asarray(model(x[i : i + 1], training=True), np.float64)
-        off = np.asarray(model(x[i : i + 1], training=False), np.float64)
-        worst = max(worst, float((np.abs(on - off) / bound).max()))
-    verdict.record(worst_diff_over_collapse_bound=worst, collapse_bound=bound.max())
-    verdict.conclude(worst <= 1.0, f"{kind}: model(x, training=True) vs training=False on single examples differ by "
-                                   f"{worst:.3g} x the collapse bound ({bound.max():.1e})")
+    hard = _hardcoded(model)
+    x = batch[0][:SINGLES]
+    col_logits, col_bound = probes.collapsed_logits(model), probes.collapse_bound(model)
+    on, off, inf, inf_b, before, after = [], [], [], [], [], []
+    for i in range(SINGLES):
+        # the inference reference from the state right before this example's training=False call
+        # (the training=True calls move the moving statistics)
+        ref, b = reference.mlp_inference(x[i : i + 1], probes.mlp_reference_layers(model))
+        inf.append(ref), inf_b.append(b), before.append(probes.moving_state(hard))
+        off.append(np.asarray(model(x[i : i + 1], training=False), np.float64))
+        after.append(probes.moving_state(hard))
+        on.append(np.asarray(model(x[i : i + 1], training=True), np.float64))
+    on, off, inf, inf_b = (np.concatenate(a) for a in (on, off, inf, inf_b))
+    verdict.power("inference_vs_collapsed_reference", inf - col_logits, inf_b + col_bound)
+    hard_unchanged = verdict.equal("hardcoded_layers_moving_unchanged_by_training_false",
+                                   np.concatenate(before), np.concatenate(after))
+    agree = verdict.within("training_true_vs_false", on - off, col_bound)
+    on_collapsed = verdict.within("training_true_vs_collapsed_reference", on - col_logits, col_bound)
+    off_collapsed = verdict.within("training_false_vs_collapsed_reference", off - col_logits, col_bound)
+    off_inference = verdict.within("training_false_vs_inference_reference", off - inf, inf_b)
+    verdict.mechanism("hardcoded_layer_in_inference", hard_unchanged and off_inference,
+                      f"with training=False the hard-coded layers' moving statistics are "
+                      f"{'bitwise unchanged' if hard_unchanged else 'moved'} and the logits "
+                      f"{'equal' if off_inference else 'do not equal'} the inference-mode reference within its bound")
+    # holds only with the mechanism that makes it hold: both calls collapsed (hard-coded layers in training mode)
+    verdict.conclude(agree and on_collapsed and off_collapsed and not hard_unchanged,
+                     f"{kind}: model(x, training=True) vs training=False on single examples differ by "
+                     f"{verdict.evidence['training_true_vs_false']['ratio']} x the collapse bound ({col_bound.max():.1e}); "
+                     f"training=False {'collapses' if off_collapsed else 'does not collapse'} to the training-mode "
+                     f"reference and {'equals' if off_inference else 'does not equal'} the inference-mode one")

@@ -1,9 +1,12 @@
-"""Reading BN variables: references versus snapshots."""
+"""Reading BN variables: references versus snapshots, and one layer object called in two places.
+
+Value comparisons are bitwise and finite (verdict.equal): a NaN is an error, never evidence."""
 
 import numpy as np
 import pytest
 
 from bnspec import probes
+from bnspec.plugin import finite
 
 
 @pytest.mark.claim("N01")
@@ -11,15 +14,21 @@ def test_list_copy_aliases_numpy_snapshots(verdict, keras, rng):
     layer = probes.make_bn(keras, 100, rng)
     copied = layer.weights.copy()  # a new list, the same variable objects
     snapshot = [w.numpy() for w in layer.weights]
+    i = next(j for j, w in enumerate(layer.weights) if w is layer.moving_mean)
+    old = np.array(layer.moving_mean.numpy(), np.float64)  # an independent reference copy
     layer((rng.normal(0, 1, (60, 100)) + 3).astype(np.float32), training=True)  # moves the moving statistics
+    new = np.array(layer.moving_mean.numpy(), np.float64)
 
-    aliased = all(a is b for a, b in zip(copied, layer.weights))
-    copy_followed = float(np.abs(copied[2].numpy() - layer.moving_mean.numpy()).max())
-    snapshot_kept = float(np.abs(snapshot[2] - layer.moving_mean.numpy()).max())
-    verdict.record(same_objects=aliased, copy_vs_variable=copy_followed, snapshot_vs_variable=snapshot_kept)
-    verdict.conclude(aliased and copy_followed == 0.0 and snapshot_kept > 0,
-                     f"list.copy() holds the same variables ({aliased}); the .numpy() snapshot differs from "
-                     f"the updated moving mean by {snapshot_kept:.2e}")
+    # the test's power: the training call did move the moving mean (bound 0: any bitwise change)
+    verdict.power("moving_mean_moved", new - old, 0.0)
+    aliased = all(a is b for a, b in zip(copied, layer.weights, strict=True))
+    copy_follows = verdict.equal("list_copy_vs_variable", copied[i].numpy(), new)
+    snapshot_kept = verdict.equal("numpy_snapshot_vs_old_value", snapshot[i], old)
+    verdict.record(same_objects=aliased)
+    verdict.conclude(aliased and copy_follows and snapshot_kept,
+                     f"list.copy() holds the same variables ({aliased}) and follows the update ({copy_follows}); "
+                     f"the .numpy() snapshot keeps the old value ({snapshot_kept}) while the moving mean moved by "
+                     f"{verdict.evidence['moving_mean_moved']['value']:.2e}")
 
 
 @pytest.mark.claim("N08")
@@ -27,21 +36,35 @@ def test_one_bn_layer_object_in_two_places(verdict, keras, rng):
     shared = keras.layers.BatchNormalization(name="shared_bn")
     inputs = keras.Input(shape=(784,))
     h = keras.layers.Activation("tanh")(shared(keras.layers.Dense(100)(inputs)))
-    error = ""
+    second_input = keras.layers.Dense(100)(h)
+    # The only outcome that would make the claim hold is Keras rejecting the second call of the same
+    # object, which it would do with a ValueError (as it rejects the 50-feature call below). Any
+    # other exception is a broken test, not a verdict: it propagates.
     try:
-        h = keras.layers.Activation("tanh")(shared(keras.layers.Dense(100)(h)))  # the same object again
-        model = keras.Model(inputs, keras.layers.Dense(10)(h))
+        second = shared(second_input)  # the same object again
+        rejection = ""
+    except ValueError as exc:
+        second, rejection = None, f"{type(exc).__name__}: {exc}"[:200]
+    n_vars, same_objects, out_finite = 0, False, False
+    if second is not None:
+        model = keras.Model(inputs, keras.layers.Dense(10)(keras.layers.Activation("tanh")(second)))
         x = rng.normal(0, 1, (60, 784)).astype(np.float32)
-        model(x, training=True)
+        finite("outputs of the model with the shared layer", model(x, training=True))  # a NaN is an error
+        out_finite = True
         bn_vars = [w for w in model.weights if "shared_bn" in (getattr(w, "path", None) or w.name)]
         n_vars = len(bn_vars)
-    except Exception as exc:  # the claim would hold: the second use is rejected
-        error, n_vars = f"{type(exc).__name__}: {exc}"[:200], 0
-    try:  # a different feature size cannot share gamma/beta
+        same_objects = {id(w) for w in bn_vars} == {id(w) for w in shared.weights}
+    try:  # a control: a different feature size cannot share gamma/beta, and is rejected with a ValueError
         shared(keras.layers.Dense(50)(inputs))
         other_width = "accepted"
-    except Exception as exc:
-        other_width = type(exc).__name__
-    verdict.record(second_use_error=error, shared_bn_variables=n_vars, different_width=other_width)
-    verdict.conclude(bool(error), f"a second call of the same BN object {'failed: ' + error if error else 'worked'}; "
-                                  f"the model holds {n_vars} variables for it (shared); on 50 features: {other_width}")
+    except ValueError as exc:
+        other_width = f"{type(exc).__name__}: {exc}"[:120]
+    verdict.record(second_use_rejected=rejection, shared_bn_variables=n_vars,
+                   variables_are_the_layers_own=same_objects, different_width=other_width)
+    verdict.mechanism("shared_variables", second is not None and out_finite and n_vars == 4 and same_objects,
+                      f"second call {'rejected: ' + rejection if rejection else 'worked'}; the model holds {n_vars} "
+                      f"variable(s) for the shared layer ({'its own 4' if same_objects else 'not exactly its own'}); "
+                      f"outputs {'finite' if out_finite else 'not computed'}")
+    verdict.conclude(bool(rejection),
+                     f"a second call of the same BN object {'was rejected: ' + rejection if rejection else 'worked'}; "
+                     f"the model holds {n_vars} variables for it (shared); on 50 features: {other_width}")
