@@ -121,6 +121,9 @@ def device_scope(keras, device: str):
         with tf.device("/GPU:0" if device == "gpu" else "/CPU:0"):
             yield
         return
+    if device == "cpu" and not gpus():  # the default device already; and Keras 3.15's torch backend makes
+        yield                            # variables created under keras.device("cpu:0") non-leaf tensors
+        return
     with keras.device("gpu:0" if device == "gpu" else "cpu:0"):
         yield
 

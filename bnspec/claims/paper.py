@@ -40,14 +40,14 @@ CLAIMS = (
         "P05",
         "scale invariance of the forward pass",
         "BN((aW)u) = BN(Wu) for a scalar a > 0 (training mode), to the closed-form error "
-        "eps*(1-1/a^2)/(2*sigma^2) that eps > 0 introduces.",
+        "eps*(1-1/a^2)/(2*sigma^2) that eps > 0 introduces (within its remainder 3/8*(eps/sigma^2)^2*max(1, a^-4)).",
         f"{PAPER} §3.3",
     ),
     Claim(
         "P06",
         "scale invariance of the gradients",
         "Scaling the weights by a leaves the gradient w.r.t. the layer input unchanged and scales the "
-        "gradient w.r.t. the weights by 1/a.",
+        "gradient w.r.t. the weights by 1/a, up to the exact effect of eps.",
         f"{PAPER} §3.3 (d BN((aW)u)/du = d BN(Wu)/du, d/d(aW) = 1/a * d/dW)",
     ),
 )
