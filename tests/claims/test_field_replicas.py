@@ -1,0 +1,326 @@
+"""BN across two replicas (C04, C07, C11): MirroredStrategy over two logical CPUs, Keras 3 JAX DataParallel
+over two host devices, and empty batches.
+
+The multi-replica experiments run in child processes (bnspec.replicas: `python -m bnspec.replicas tf|jax`
+with this process' flavour), because the devices must exist before TensorFlow or JAX initialises. The
+children only measure and return numbers; every comparison here is against the float64 reference
+(bnspec.reference) with its float32 bound, or bitwise (verdict.equal), and a non-finite measurement is an
+error unless the claim is about non-finite values (C07 counts them). This process needs no TensorFlow for
+those cases; the TensorFlow cases skip on the jax and torch backends (they are about tf.distribute), the
+JAX DataParallel case always runs in a KERAS_BACKEND=jax child (Keras 3 only). C07's direct call runs
+here, on whichever backend is under test.
+
+Without pytest-xdist the module starts the children it will need (tf, jax) at once, so that they run
+side by side; each child runs once per process (bnspec.replicas.results is cached).
+"""
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bnspec import backend as B
+from bnspec import flavours, reference, replicas
+from bnspec.reference import U32
+
+FEATURES = replicas.FEATURES
+HALF = replicas.HALF
+
+
+# --------------------------------------------------------------------------- which children, and starting them
+
+
+def _group_of(item) -> str | None:
+    """The child group a test case of this module needs (None: none)."""
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    name = item.originalname if hasattr(item, "originalname") else item.name
+    if name == "test_empty_batch_call":
+        return None
+    if params.get("mode") == "jax_dataparallel":
+        return "jax"
+    return "tf"
+
+
+def _runnable(group: str) -> str | None:
+    """Why the group cannot run in this process (a skip reason), or None."""
+    flavour = flavours.current()
+    if flavours.versions(flavour)["keras"] is None:
+        return f"flavour {flavour!r} is not installed: {flavours.FLAVOUR_HINT[flavour]}"
+    if group == "tf":
+        if flavours.backend() != "tensorflow":
+            return ("tf.distribute.MirroredStrategy: TensorFlow-specific (this run's backend is "
+                    f"{flavours.backend()}; run with KERAS_BACKEND=tensorflow or tf_keras)")
+        return None
+    if flavours.FAMILY[flavour] != "keras3":
+        return "keras.distribution.DataParallel is Keras 3 only"
+    if importlib.util.find_spec("jax") is None:
+        return "JAX DataParallel: jax is not installed in this environment"
+    return None
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _start_children(request):
+    """Start every child this module's selected cases need, side by side and before this process imports
+    Keras for the direct call (session scope and autouse: set up before the session's `keras` fixture).
+    Not under xdist, where each worker runs only some cases and starts a child when a case needs it."""
+    if hasattr(request.config, "workerinput"):
+        return
+    here = Path(__file__).resolve()
+    mine = [it for it in request.session.items if Path(str(it.path)).resolve() == here]
+    for group in sorted({g for g in map(_group_of, mine) if g}):
+        if _runnable(group) is None:
+            replicas.start(group)
+
+
+def _results(group: str) -> dict:
+    reason = _runnable(group)
+    if reason:
+        pytest.skip(reason)
+    return replicas.results(group)
+
+
+def _a(x) -> np.ndarray:
+    return np.asarray(x, dtype=np.float64)
+
+
+def _ema_ref(x, old_mean, old_var, momentum):
+    """Expected moving (mean, var) after one update with batch x, and their float32 bounds."""
+    mean, var = reference.batch_stats(x)
+    b_mean, b_var = reference.ema_bounds(x, old_mean, old_var, momentum)
+    return reference.ema(old_mean, mean, momentum), reference.ema(old_var, var, momentum), b_mean, b_var
+
+
+def _precondition(verdict, name: str, err, bound, why: str) -> None:
+    """A check of the experiment's design (which replica got which rows); failing it is an error of the
+    experiment, not a verdict."""
+    if not verdict.within(name, err, bound):
+        pytest.fail(f"{verdict.claim.id}: the experiment did not run as designed ({why}): "
+                    f"{name} = {verdict.evidence[name]['value']:.3g} > bound {verdict.evidence[name]['bound']:.3g}",
+                    pytrace=False)
+
+
+# --------------------------------------------------------------------------- C07: the direct call
+# In this process, on the backend under test; first in the module, so that Keras' import here overlaps the children.
+
+
+@pytest.mark.claim("C07")
+@pytest.mark.parametrize("rank", (2, 4))
+def test_empty_batch_call(verdict, keras, rank):
+    shape = (0, FEATURES) if rank == 2 else (0, 2, 2, FEATURES)
+    bn = keras.layers.BatchNormalization()
+    bn.build((None,) + shape[1:])
+    # finite, non-default statistics, so that "unchanged" cannot be a re-initialisation
+    start = [np.full(FEATURES, v, np.float32) for v in (1.5, -0.5, 0.25, 2.0)]  # gamma, beta, mean, variance
+    bn.set_weights(start)
+    raised = None
+    try:
+        bn(np.zeros(shape, np.float32), training=True)
+    except Exception as exc:  # refusing an empty batch would keep the statistics: recorded, then measured
+        raised = f"{type(exc).__name__}: {str(exc)[:200]}"
+    verdict.record(call_raised=raised or "no")
+    after = np.concatenate([B.to_numpy(bn.moving_mean), B.to_numpy(bn.moving_variance)]).astype(np.float64)
+    bad = verdict.count_nonfinite("moving_nonfinite", after)
+    ok = bad == 0 and verdict.equal("moving_unchanged", np.concatenate(start[2:]), after)
+    # what the poisoned statistics do next: inference on real data
+    y = B.to_numpy(bn(np.ones((2,) + shape[1:], np.float32), training=False))
+    verdict.count_nonfinite("inference_nonfinite_after", y)
+    verdict.mechanism("nan_moving_statistics", bad == after.size,
+                      f"{bad} of {after.size} moving-statistics elements non-finite after the empty call")
+    verdict.conclude(ok, f"rank {rank}: {bad} of {after.size} moving-statistics elements non-finite after a "
+                         f"training call on 0 examples (call raised: {raised or 'no'})")
+
+
+# --------------------------------------------------------------------------- C11
+
+
+def _c11_measurement(verdict, mode):
+    """(x0, x1, outputs (16, F), {name: (mean, var)} of every copy/read of the moving statistics, momentum, eps)."""
+    if mode == "jax_dataparallel":
+        d = _results("jax")
+        c = d["c11"]
+        call = c["call"]
+        # the sharded call must really be split 8 + 8 over two devices, else this case measures one device
+        if not (d["replicas"] == 2 and call["input_devices"] == 2 and call["input_shards"] == [[0, HALF], [HALF, HALF]]):
+            pytest.fail(f"C11: the JAX batch was not sharded over two devices: {d['devices']}, "
+                        f"shards {call['input_shards']}", pytrace=False)
+        verdict.record(child_seconds=d["child_seconds"], replicas=d["replicas"], input_shards=call["input_shards"],
+                       variable_sharding=c["fit"]["variable_sharding"])
+        stats = {"fit_get_weights": (c["fit"]["read_mean"], c["fit"]["read_var"]),
+                 "sharded_call_state": (call["moving_mean"], call["moving_var"])}
+        return _a(c["x0"]), _a(c["x1"]), _a(call["outputs"]), stats, c["momentum"], c["epsilon"]
+    d = _results("tf")
+    c = d["c11"]
+    r = c[f"sync={mode == 'tf_sync'}"]
+    verdict.record(child_seconds=d["child_seconds"], replicas=d["replicas"], variable=r["variable"])
+    stats = {f"replica{i}_copy": (r["local_mean"][i], r["local_var"][i]) for i in range(2)}
+    stats["get_weights"] = (r["read_mean"], r["read_var"])
+    outputs = np.concatenate([_a(o) for o in r["outputs"]])
+    return _a(c["x0"]), _a(c["x1"]), outputs, stats, r["momentum"], r["epsilon"]
+
+
+@pytest.mark.claim("C11")
+@pytest.mark.parametrize("mode", ("tf_plain", "tf_sync", "jax_dataparallel"))
+def test_two_replicas_normalise_like_one_device(verdict, mode):
+    x0, x1, y, stats, momentum, eps = _c11_measurement(verdict, mode)
+    x = np.concatenate([x0, x1])
+    one, zero = np.ones(FEATURES), np.zeros(FEATURES)
+    # the claim: single-device BN on the global batch of 16 (gamma 1, beta 0 at the step)
+    y_ref, mean_g, var_g = reference.bn_train(x, one, zero, eps)
+    bound = reference.bn_bound(x, one, zero, mean_g, var_g, eps, n_reduce=len(x))
+    # the alternative: each half normalised with its own statistics (what plain replicas do)
+    halves = [reference.bn_train(h, one, zero, eps) for h in (x0, x1)]
+    y_alt = np.concatenate([h[0] for h in halves])
+    verdict.power("per_replica_alternative", y_alt - y_ref, bound)
+
+    ok = verdict.within("outputs_vs_global_batch", y - y_ref, bound)
+    m_ref, v_ref, b_m, b_v = _ema_ref(x, 0.0, 1.0, momentum)  # fresh layer: moving mean 0, variance 1
+    for name, (m, v) in stats.items():
+        ok &= verdict.within(f"{name}_moving_mean_vs_global", _a(m) - m_ref, b_m)
+        ok &= verdict.within(f"{name}_moving_var_vs_global", _a(v) - v_ref, b_v)
+
+    # mechanism of the per-replica refutation: each half equals BN with its own half's statistics
+    own = []
+    for i, (h, (yh, mh, vh)) in enumerate(zip((x0, x1), halves)):
+        own.append(verdict.within(f"outputs_half{i}_vs_own_statistics", y[i * HALF:(i + 1) * HALF] - yh,
+                                  reference.bn_bound(h, one, zero, mh, vh, eps, n_reduce=HALF)))
+    verdict.mechanism("per_replica_statistics", all(own),
+                      f"each replica's half within the bound of BN on that half alone: {own}")
+    ev = verdict.evidence
+    verdict.conclude(ok, f"{mode}: max |y - global-batch BN| = {ev['outputs_vs_global_batch']['value']:.3g} "
+                         f"(bound {ev['outputs_vs_global_batch']['bound']:.2g}); halves vs their own statistics "
+                         f"{[round(ev[f'outputs_half{i}_vs_own_statistics']['ratio'], 3) for i in range(2)]} x bound")
+
+
+# --------------------------------------------------------------------------- C04
+
+
+@pytest.mark.claim("C04")
+@pytest.mark.parametrize("synchronized", (False, True))
+@pytest.mark.parametrize("read", ("saved", "served"))
+def test_replica_training_saves_and_serves_one_average(verdict, read, synchronized):
+    d = _results("tf")
+    c = d["c04"]
+    r = c[f"sync={synchronized}"]
+    verdict.record(child_seconds=d["child_seconds"], variable=r["variable"])
+    x0, x1, xq = _a(c["x0"]), _a(c["x1"]), _a(c["query"])
+    momentum, eps = r["momentum"], r["epsilon"]
+    copies_m, copies_v = _a(r["local_mean"]), _a(r["local_var"])
+
+    # the design: after one step with momentum 0 replica r's copy holds half r's batch statistics
+    # (synchronized: the global batch's), within the update's float32 bound
+    parts = (x0, x1) if not synchronized else (np.concatenate([x0, x1]),) * 2
+    local = [_ema_ref(p, 0.0, 1.0, momentum) for p in parts]
+    for i, (m_ref, v_ref, b_m, b_v) in enumerate(local):
+        _precondition(verdict, f"replica{i}_copy_mean_vs_design", copies_m[i] - m_ref, b_m,
+                      f"replica {i} holds rows {i * HALF}..{i * HALF + HALF - 1}")
+        _precondition(verdict, f"replica{i}_copy_var_vs_design", copies_v[i] - v_ref, b_v,
+                      f"replica {i} holds rows {i * HALF}..{i * HALF + HALF - 1}")
+    # the no-synchronisation statistics of each half: the alternative both cases must be able to tell apart
+    alt = [_ema_ref(p, 0.0, 1.0, momentum) for p in (x0, x1)]
+
+    if read == "saved":
+        # the claim: the read is the average of the two float32 copies: their sum rounds once (<= u(|a|+|b|)),
+        # the halving is exact; we allow u(|a|+|b|) on the average (two roundings' worth)
+        avg_m, avg_v = copies_m.mean(axis=0), copies_v.mean(axis=0)
+        b_avg_m, b_avg_v = U32 * np.abs(copies_m).sum(axis=0), U32 * np.abs(copies_v).sum(axis=0)
+        verdict.power("primary_replica_alternative_mean", alt[0][0] - avg_m, b_avg_m + alt[0][2])
+        ok = True
+        reads = {"get_weights": (r["read_mean"], r["read_var"]), "save_load": (r["saved_mean"], r["saved_var"])}
+        for name, (m, v) in reads.items():
+            ok &= verdict.within(f"{name}_mean_vs_replica_average", _a(m) - avg_m, b_avg_m)
+            ok &= verdict.within(f"{name}_var_vs_replica_average", _a(v) - avg_v, b_avg_v)
+        # mechanism of the Keras 3 refutation: what is read and saved is replica 0's copy, bitwise
+        same = []
+        for name, (m, v) in reads.items():
+            same.append(verdict.equal(f"{name}_mean_is_replica0_copy", _a(m), copies_m[0]))
+            same.append(verdict.equal(f"{name}_var_is_replica0_copy", _a(v), copies_v[0]))
+        differ = not np.array_equal(copies_m[0], copies_m[1])
+        verdict.mechanism("primary_copy_saved", all(same) and differ,
+                          f"get_weights/save equal replica 0's copy bitwise: {same}; copies differ: {differ}")
+        ev = verdict.evidence
+        verdict.conclude(ok, f"replica copies' mean {np.round(copies_m[:, 0], 4).tolist()} (feature 0); saved "
+                             f"{round(float(_a(r['saved_mean'])[0]), 4)}, off the average by "
+                             f"{ev['save_load_mean_vs_replica_average']['value']:.3g} "
+                             f"(bound {ev['save_load_mean_vs_replica_average']['bound']:.2g})")
+        return
+
+    # served: the same 8 queries as rows 0-7 (replica 0) and 8-15 (replica 1) of one global batch
+    gamma, beta = _a(r["gamma"]), _a(r["beta"])
+    served = _a(r["served"])
+    mean_s, var_s = _a(r["read_mean"]), _a(r["read_var"])  # what the saved model normalises with
+    ref = reference.bn_inference(xq, gamma, beta, mean_s, var_s, eps)
+    bound = reference.bn_bound(xq, gamma, beta, mean_s, var_s, eps)
+    # alternative: each replica serving with its own half's statistics
+    alt_rows = [reference.bn_inference(xq, gamma, beta, a[0], a[1], eps) for a in alt]
+    verdict.power("per_replica_serving_alternative", np.concatenate(alt_rows) - np.concatenate([ref, ref]),
+                  np.concatenate([bound, bound]))
+    ok = True
+    for i in range(2):
+        ok &= verdict.within(f"served_rows_replica{i}_vs_saved_model", served[i * HALF:(i + 1) * HALF] - ref, bound)
+    verdict.record(served_halves_max_difference=float(np.max(np.abs(served[:HALF] - served[HALF:]))))
+    # mechanism of the refutation: each replica's rows are inference with that replica's own copy
+    own = []
+    for i in range(2):
+        ref_i = reference.bn_inference(xq, gamma, beta, copies_m[i], copies_v[i], eps)
+        own.append(verdict.within(f"served_rows_replica{i}_vs_own_copy", served[i * HALF:(i + 1) * HALF] - ref_i,
+                                  reference.bn_bound(xq, gamma, beta, copies_m[i], copies_v[i], eps)))
+    differ = not np.array_equal(copies_m, copies_m[::-1])
+    verdict.mechanism("replica_local_copies", all(own) and differ,
+                      f"each replica's rows within the bound of inference with its own copy: {own}; copies differ: {differ}")
+    ev = verdict.evidence
+    verdict.conclude(ok, f"the same query served by replica 0 and 1 differs by up to "
+                         f"{ev['served_halves_max_difference']:.3g}; vs the saved model: "
+                         f"{ev['served_rows_replica0_vs_saved_model']['ratio']:.3g} and "
+                         f"{ev['served_rows_replica1_vs_saved_model']['ratio']:.3g} x bound")
+
+
+# --------------------------------------------------------------------------- C07: the empty replica shard
+
+
+@pytest.mark.claim("C07")
+@pytest.mark.parametrize("synchronized", (False, True))
+def test_empty_replica_shard(verdict, synchronized):
+    d = _results("tf")
+    c = d["c07"]
+    r = c[f"sync={synchronized}"]
+    x = _a(c["x"])
+    momentum = r["momentum"]
+    steps = r["steps"]  # every replica's copy before fit and after each of its two batches
+    if len(steps) != 3:
+        pytest.fail(f"C07: expected 2 fit() batches (17 examples, global batch 16), recorded {len(steps) - 1}",
+                    pytrace=False)
+    verdict.record(child_seconds=d["child_seconds"])
+    # the design: batch 0 gives replica r rows 8r..8r+7 (synchronized: every replica the 16 rows' statistics)
+    init_m, init_v = _a(steps[0]["mean"]), _a(steps[0]["var"])
+    step1_m, step1_v = _a(steps[1]["mean"]), _a(steps[1]["var"])
+    for i in range(2):
+        rows = x[:2 * HALF] if synchronized else x[i * HALF:(i + 1) * HALF]
+        m_ref, v_ref, b_m, b_v = _ema_ref(rows, init_m[i], init_v[i], momentum)
+        _precondition(verdict, f"batch0_replica{i}_mean_vs_design", step1_m[i] - m_ref, b_m, f"replica {i}'s first shard")
+        _precondition(verdict, f"batch0_replica{i}_var_vs_design", step1_v[i] - v_ref, b_v, f"replica {i}'s first shard")
+
+    # batch 1 holds the 17th example only: replica 0 gets it, replica 1 an empty shard
+    step2_m, step2_v = _a(steps[2]["mean"]), _a(steps[2]["var"])
+    bad_copy = [verdict.count_nonfinite(f"replica{i}_moving_nonfinite", np.concatenate([step2_m[i], step2_v[i]]))
+                for i in range(2)]
+    bad_read = verdict.count_nonfinite("get_weights_moving_nonfinite", np.concatenate([r["read_mean"], r["read_var"]]))
+    bad_weights = verdict.count_nonfinite("gamma_beta_nonfinite", np.concatenate([r["gamma"], r["beta"]]))
+    bad_served = verdict.count_nonfinite("served_nonfinite", r["served"])
+    bad_loss = verdict.count_nonfinite("loss_nonfinite", [s["loss"] for s in steps[1:]])
+    if not bad_loss:
+        verdict.record(step_losses=[s["loss"] for s in steps[1:]])
+    ok = not (sum(bad_copy) or bad_read or bad_weights or bad_served)
+    if ok:  # finite: the empty replica's copy must be kept (local statistics) or take the global batch's update
+        kept = verdict.equal("empty_replica_copy_kept", np.concatenate([step1_m[1], step1_v[1]]),
+                             np.concatenate([step2_m[1], step2_v[1]]))
+        m_ref, v_ref, b_m, b_v = _ema_ref(x[2 * HALF:], step1_m[1], step1_v[1], momentum)
+        global_update = (verdict.within("empty_replica_mean_vs_global_update", step2_m[1] - m_ref, b_m)
+                         & verdict.within("empty_replica_var_vs_global_update", step2_v[1] - v_ref, b_v))
+        ok = kept or global_update
+    verdict.mechanism("nan_moving_statistics", bad_copy[1] == 2 * FEATURES and bad_copy[0] == 0,
+                      f"non-finite elements in the moving statistics after the partial batch: replica 0 "
+                      f"{bad_copy[0]}, replica 1 (empty shard) {bad_copy[1]} of {2 * FEATURES}")
+    verdict.conclude(ok, f"after the partial batch: non-finite moving statistics per replica {bad_copy}, in "
+                         f"get_weights() {bad_read}, gamma/beta {bad_weights}, served predictions {bad_served} of "
+                         f"{np.size(r['served'])}, loss {bad_loss}")
