@@ -192,7 +192,9 @@ class Verdict:
         v, b = np.broadcast_arrays(v, b)
         with np.errstate(divide="ignore", invalid="ignore"):
             ratio = np.where(b > 0, v / np.where(b > 0, b, 1.0), np.where(v > 0, np.inf, 0.0))
-        worst = int(np.argmax(ratio))  # value and bound of the same element: the one nearest (or past) its bound
+        # value and bound of the same element: the one nearest to (or furthest past) its bound; among
+        # ties (several infinite ratios: a zero bound), the largest value
+        worst = int(np.lexsort((v.ravel(), ratio.ravel()))[-1])
         self.evidence[name] = {"value": float(v.flat[worst]), "bound": float(b.flat[worst]),
                                "ratio": float(ratio.flat[worst]) if np.isfinite(ratio.flat[worst]) else "inf"}
         self._publish()

@@ -1,11 +1,15 @@
 """What Keras' documentation promises about BatchNormalization's arguments: defaults, dtype
 policies, masks, `synchronized`, `renorm` and `axis`. Each output is compared with the numpy
-float64 reference (bnspec.reference) within a float32 rounding bound."""
+float64 reference (bnspec.reference) within a float32 rounding bound, and each case shows that it
+could tell the claim from its alternative (`verdict.power`)."""
 
 import numpy as np
 import pytest
 
 from bnspec import probes, reference
+from bnspec.backend import to_numpy
+
+F16_MAX = float(np.finfo(np.float16).max)  # 65504
 
 
 @pytest.mark.claim("K08")
@@ -16,12 +20,23 @@ def test_initial_state_and_defaults(verdict, keras, units):
     s = probes.bn_state(layer)
     found = {"gamma": s["gamma"], "beta": s["beta"], "moving_mean": s["mean"], "moving_variance": s["var"]}
     wanted = {"gamma": 1.0, "beta": 0.0, "moving_mean": 0.0, "moving_variance": 1.0}
-    off = {k: float(np.abs(v - wanted[k]).max()) for k, v in found.items()}
+    # the initial values are exact constants: bitwise equality (a list, so that every variable is recorded)
+    same = [verdict.equal(f"initial_{k}", v, np.full(units, wanted[k])) for k, v in found.items()]
     momentum, eps = float(layer.momentum), float(layer.epsilon)
-    verdict.record(momentum=momentum, epsilon=eps, **{f"max_dev_{k}": v for k, v in off.items()})
-    verdict.conclude(all(v == 0.0 for v in off.values()) and momentum == 0.99 and eps == 1e-3,
+    verdict.record(momentum=momentum, epsilon=eps)
+    verdict.conclude(all(same) and momentum == 0.99 and eps == 1e-3,
                      f"gamma/beta/mean/var start at {[float(v[0]) for v in found.values()]}, "
                      f"momentum {momentum}, epsilon {eps}")
+
+
+def _float16_alternative(x16, gamma, beta, mean, var, eps):
+    """What a float16 computation (no float32 upcast) would return, evaluated in numpy float16 (each
+    operation rounded to float16) in TensorFlow's order: inv = gamma * rsqrt(var + eps),
+    y = x * inv + (beta - mean * inv); the statistics arrive rounded to float16."""
+    f = np.float16
+    x, m, v = np.asarray(x16, f), np.asarray(mean, f), np.asarray(var, f)
+    inv = (np.asarray(gamma, f) / np.sqrt(v + f(eps))).astype(f)
+    return (x * inv + (np.asarray(beta, f) - m * inv)).astype(np.float64)
 
 
 @pytest.mark.claim("K09")
@@ -33,29 +48,36 @@ def test_mixed_precision_computes_in_float32(verdict, keras, device, rng, dtype,
     layer.moving_mean.assign((200 + rng.normal(0, 1, units)).astype(np.float32))
     x = (200 + rng.normal(0, 3, (batch, units))).astype(np.float32)
     s = probes.bn_state(layer)
-    y = layer(x, training=training)
-    out_dtype, var_dtypes = str(np.dtype(y.dtype.name if hasattr(y.dtype, "name") else y.dtype)), \
-        sorted({str(np.dtype(getattr(w.dtype, "name", w.dtype))) for w in layer.weights})
-    y = np.asarray(y, np.float64)
+    y = to_numpy(layer(x, training=training))
+    out_dtype, var_dtypes = str(y.dtype), sorted({str(np.dtype(getattr(w.dtype, "name", w.dtype))) for w in layer.weights})
+    y = y.astype(np.float64)
     mixed = dtype == "mixed_float16"
     xin = x.astype(np.float16).astype(np.float64) if mixed else x.astype(np.float64)  # the layer casts inputs
     if training:
         ref, mean, var = reference.bn_train(xin, s["gamma"], s["beta"], s["eps"])
         bound = reference.bn_bound(xin, s["gamma"], s["beta"], mean, var, s["eps"], n_reduce=batch)
     else:
-        ref = reference.bn_inference(xin, s["gamma"], s["beta"], s["mean"], s["var"], s["eps"])
-        bound = reference.bn_bound(xin, s["gamma"], s["beta"], s["mean"], s["var"], s["eps"])
+        mean, var = s["mean"], s["var"]
+        ref = reference.bn_inference(xin, s["gamma"], s["beta"], mean, var, s["eps"])
+        bound = reference.bn_bound(xin, s["gamma"], s["beta"], mean, var, s["eps"])
     if mixed:  # one final rounding of the float32 result to float16
         bound = reference.float16_output_bound(ref, bound)
-    err = np.abs(y - ref)
-    with np.errstate(over="ignore", invalid="ignore"):  # what a float16 computation would do: overflow
-        sumsq16 = float(np.sum(xin.astype(np.float16) ** 2, axis=0, dtype=np.float16).max())
+        # the alternative the claim rules out: the same formula evaluated in float16
+        verdict.power("float16_computation_alternative",
+                      _float16_alternative(xin, s["gamma"], s["beta"], mean, var, s["eps"]) - ref, bound)
+    ok = verdict.within("output_err", y - ref, bound)
+    with np.errstate(over="ignore", invalid="ignore"):  # what a float16 sum of x^2 would do (the claim's note)
+        sumsq16 = np.sum(xin.astype(np.float16) ** 2, axis=0, dtype=np.float16)
+    overflows = bool(not np.all(np.isfinite(sumsq16)))
+    verdict.record(output_dtype=out_dtype, variable_dtypes=var_dtypes,
+                   float16_sum_of_squares_overflows=overflows,
+                   sum_of_squares_float64=float(np.max(np.sum(xin**2, axis=0))), float16_max=F16_MAX)
     want_out = "float16" if mixed else "float32"
-    verdict.record(output_dtype=out_dtype, variable_dtypes=var_dtypes, max_abs_err=err.max(), max_bound=bound.max(),
-                   float16_sum_of_squares=sumsq16)
-    verdict.conclude(bool(np.all(err <= bound)) and out_dtype == want_out and var_dtypes == ["float32"],
-                     f"{dtype}: output {out_dtype}, variables {var_dtypes}, max |y - float32 reference| "
-                     f"{err.max():.2e} (bound {bound.max():.2e}; float16 sum of x^2 would be {sumsq16})")
+    e = verdict.evidence["output_err"]
+    verdict.conclude(ok and out_dtype == want_out and var_dtypes == ["float32"],
+                     f"{dtype}: output {out_dtype}, variables {var_dtypes}, worst |y - float32 reference| "
+                     f"{e['value']:.2e} (bound {e['bound']:.2e}); a float16 sum of x^2 "
+                     f"{'overflows' if overflows else 'does not overflow'}")
 
 
 @pytest.mark.claim("K10")
@@ -73,18 +95,18 @@ def test_mask_excludes_steps_from_statistics(verdict, keras, rng, mask_via):
     else:
         model = keras.Sequential([keras.Input(shape=(steps, units)), keras.layers.Masking(mask_value=0.0), layer])
         y = model(x, training=True)
-    y = np.asarray(y, np.float64)[mask]
+    y = to_numpy(y, np.float64)[mask]
     kept = x[mask]  # (n_unmasked, units)
     ref, mean, var = reference.bn_train(kept, s["gamma"], s["beta"], s["eps"])
+    # n_reduce: every step of the batch, an upper bound on the unmasked ones the statistics sum
     bound = reference.bn_bound(kept, s["gamma"], s["beta"], mean, var, s["eps"], n_reduce=x.shape[0] * steps)
     unmasked_ref = reference.bn_train(x.reshape(-1, units), s["gamma"], s["beta"], s["eps"])[0].reshape(x.shape)[mask]
-    err = np.abs(y - ref)
-    verdict.record(max_abs_err=err.max(), max_bound=bound.max(), masked_fraction=float(1 - mask.mean()),
-                   diff_if_mask_ignored=np.abs(y - unmasked_ref).max())
-    verdict.conclude(bool(np.all(err <= bound)),
-                     f"unmasked steps vs statistics over unmasked steps only: max err {err.max():.2e} "
-                     f"(bound {bound.max():.1e}); with the mask ignored they would differ by "
-                     f"{np.abs(unmasked_ref - ref).max():.2f}")
+    verdict.power("mask_ignored_alternative", unmasked_ref - ref, bound)
+    ok = verdict.within("output_err", y - ref, bound)
+    verdict.record(masked_fraction=float(1 - mask.mean()))
+    e, p = verdict.evidence["output_err"], verdict.evidence["mask_ignored_alternative"]
+    verdict.conclude(ok, f"unmasked steps vs statistics over unmasked steps only: worst err {e['value']:.2e} "
+                         f"(bound {e['bound']:.1e}); with the mask ignored they would differ by {p['value']:.2f}")
 
 
 @pytest.mark.claim("K11")
@@ -97,43 +119,62 @@ def test_synchronized_single_replica_equals_plain(verdict, keras, rng, training)
     s = probes.bn_state(plain)
     probes.set_bn_state(synced, s)
     x = (rng.normal(0, 2, (batch, units)) + rng.normal(0, 1, units)).astype(np.float32)
-    y_plain, y_sync = (np.asarray(layer(x, training=training), np.float64) for layer in (plain, synced))
+    y_plain, y_sync = (to_numpy(layer(x, training=training), np.float64) for layer in (plain, synced))
     if training:
-        mean, var = reference.batch_stats(x)
+        ref, mean, var = reference.bn_train(x, s["gamma"], s["beta"], s["eps"])
         bound = reference.bn_bound(x, s["gamma"], s["beta"], mean, var, s["eps"], n_reduce=batch)
-        b_mean, b_var = reference.ema_bounds(x, s["mean"], s["var"], momentum)
     else:
+        ref = reference.bn_inference(x, s["gamma"], s["beta"], s["mean"], s["var"], s["eps"])
         bound = reference.bn_bound(x, s["gamma"], s["beta"], s["mean"], s["var"], s["eps"])
-        b_mean = b_var = np.zeros(units)
-    # both are within the bound of the exact result, so of each other within twice the bound
-    d_out = np.abs(y_plain - y_sync)
-    d_mean = np.abs(plain.moving_mean.numpy() - synced.moving_mean.numpy())
-    d_var = np.abs(plain.moving_variance.numpy() - synced.moving_variance.numpy())
-    ok = bool(np.all(d_out <= 2 * bound) and np.all(d_mean <= 2 * b_mean) and np.all(d_var <= 2 * b_var))
-    verdict.record(max_output_diff=d_out.max(), output_bound=2 * bound.max(), max_moving_mean_diff=d_mean.max(),
-                   max_moving_var_diff=d_var.max())
-    verdict.conclude(ok, f"synchronized vs plain: outputs differ by {d_out.max():.2e} (bound {2 * bound.max():.1e}), "
-                         f"moving mean by {d_mean.max():.2e}, variance by {d_var.max():.2e}")
+    # both are within the bound of the exact result, so of each other within twice the bound; the
+    # synchronized layer is also compared with the reference of the mode, so that two equally wrong
+    # layers cannot make the claim hold
+    ok = verdict.within("output_synchronized_vs_plain", y_sync - y_plain, 2 * bound)
+    ok &= verdict.within("output_synchronized_vs_reference", y_sync - ref, bound)
+    moving = {}
+    for name, attr in (("moving_mean", "moving_mean"), ("moving_variance", "moving_variance")):
+        moving[name] = tuple(to_numpy(getattr(lyr, attr), np.float64) for lyr in (plain, synced))
+    if training:
+        b_mean, b_var = reference.ema_bounds(x, s["mean"], s["var"], momentum)
+        exp_mean, exp_var = reference.ema(s["mean"], mean, momentum), reference.ema(s["var"], var, momentum)
+        for name, b, exp in (("moving_mean", b_mean, exp_mean), ("moving_variance", b_var, exp_var)):
+            p, q = moving[name]
+            ok &= verdict.within(f"{name}_synchronized_vs_plain", q - p, 2 * b)
+            ok &= verdict.within(f"{name}_synchronized_vs_reference", q - exp, b)
+    else:  # inference never touches the moving statistics: bitwise what both layers started with
+        ok &= verdict.equal("moving_mean_synchronized_vs_plain", moving["moving_mean"][1], moving["moving_mean"][0])
+        ok &= verdict.equal("moving_variance_synchronized_vs_plain", moving["moving_variance"][1],
+                            moving["moving_variance"][0])
+        ok &= verdict.equal("moving_mean_unchanged", moving["moving_mean"][1], s["mean"])
+    e = verdict.evidence["output_synchronized_vs_plain"]
+    verdict.conclude(ok, f"synchronized vs plain (training={training}): outputs differ by {e['value']:.2e} "
+                         f"(bound {e['bound']:.1e}); moving statistics "
+                         f"{'within their EMA bounds' if training else 'bitwise equal'} where ok")
 
 
 @pytest.mark.claim("K12")
 @pytest.mark.parametrize("training", [False, None])
 def test_renorm_inference_equals_plain(verdict, keras, rng, training):
-    units = 32
+    units, batch = 32, 60
     plain = probes.make_bn(keras, units, rng)
     renorm = keras.layers.BatchNormalization(renorm=True)
     renorm.build((None, units))
     s = probes.bn_state(plain)
     probes.set_bn_state(renorm, s)
-    x = (rng.normal(0, 2, (60, units)) + rng.normal(0, 1, units)).astype(np.float32)
-    y = np.asarray(renorm(x) if training is None else renorm(x, training=training), np.float64)
+    x = (rng.normal(0, 2, (batch, units)) + rng.normal(0, 1, units)).astype(np.float32)
+    call = (lambda lyr: lyr(x)) if training is None else (lambda lyr: lyr(x, training=training))  # noqa: E731
+    y, y_plain = (to_numpy(call(lyr), np.float64) for lyr in (renorm, plain))
     ref = reference.bn_inference(x, s["gamma"], s["beta"], s["mean"], s["var"], s["eps"])
     bound = reference.bn_bound(x, s["gamma"], s["beta"], s["mean"], s["var"], s["eps"])
-    err = np.abs(y - ref)
-    verdict.record(max_abs_err=err.max(), max_bound=bound.max(),
-                   renorm_variables=[getattr(w, "path", None) or w.name for w in renorm.weights])
-    verdict.conclude(bool(np.all(err <= bound)),
-                     f"renorm layer in inference: max |y - plain inference formula| {err.max():.2e} (bound {bound.max():.1e})")
+    # the alternative: renorm in training mode (batch statistics) in this call
+    verdict.power("batch_statistics_alternative", reference.bn_train(x, s["gamma"], s["beta"], s["eps"])[0] - ref, bound)
+    ok = verdict.within("output_err", y - ref, bound)
+    ok &= verdict.within("renorm_vs_plain", y - y_plain, 2 * bound)  # each within `bound` of the same exact result
+    ok &= verdict.equal("moving_mean_unchanged", to_numpy(renorm.moving_mean), s["mean"])
+    verdict.record(renorm_variables=[getattr(w, "path", None) or w.name for w in renorm.weights])
+    e = verdict.evidence["output_err"]
+    verdict.conclude(ok, f"renorm layer in inference: worst |y - plain inference formula| {e['value']:.2e} "
+                         f"(bound {e['bound']:.1e})")
 
 
 AXIS_CASES = {  # layout -> (input shape, axis)
@@ -155,19 +196,27 @@ def test_axis_is_the_feature_axis(verdict, keras, device, rng, layout):
     bshape = [1] * len(shape)
     bshape[axis] = features
     x = (rng.normal(0, 1, shape) * rng.uniform(0.5, 3, bshape) + rng.normal(0, 2, bshape)).astype(np.float32)
-    y = np.asarray(layer(x, training=True), np.float64)
+    y = to_numpy(layer(x, training=True), np.float64)
     ref, mean, var = reference.bn_train(x, s["gamma"], s["beta"], s["eps"], axis=axis)
     m = x.size // features
     bound = reference.bn_bound(x, s["gamma"], s["beta"], mean, var, s["eps"], axis=axis, n_reduce=m)
-    err = np.abs(y - ref)
-    moved = np.asarray(layer.moving_mean.numpy(), np.float64)
+    # alternatives with the wrong reduction axes: statistics pooled over every axis (features mixed),
+    # and for 4-D inputs per activation (over the batch axis only, not shared over locations)
+    g, b = (np.asarray(v, np.float64).reshape(bshape) for v in (s["gamma"], s["beta"]))
+    xd = x.astype(np.float64)
+    verdict.power("pooled_statistics_alternative", g * (xd - xd.mean()) / np.sqrt(xd.var() + s["eps"]) + b - ref, bound)
+    if len(shape) == 4:
+        mu, v = xd.mean(axis=0, keepdims=True), xd.var(axis=0, keepdims=True)
+        verdict.power("per_activation_alternative", g * (xd - mu) / np.sqrt(v + s["eps"]) + b - ref, bound)
+    ok = verdict.within("output_err", y - ref, bound)
+    moved = to_numpy(layer.moving_mean, np.float64)
     exp_moved = reference.ema(s["mean"], mean, float(layer.momentum))
     b_mean, _ = reference.ema_bounds(x, s["mean"], s["var"], float(layer.momentum), axis=axis)
-    ok = bool(np.all(err <= bound) and np.all(np.abs(moved - exp_moved) <= b_mean))
-    verdict.record(features=features, reduced_over=m, max_abs_err=err.max(), max_bound=bound.max(),
-                   moving_mean_err=np.abs(moved - exp_moved).max())
+    ok &= verdict.within("moving_mean_err", moved - exp_moved, b_mean)
+    verdict.record(features=features, reduced_over=m)
+    e = verdict.evidence["output_err"]
     verdict.conclude(ok, f"{layout}: {features} features, statistics over {m} values each; "
-                         f"max err {err.max():.2e} (bound {bound.max():.1e})")
+                         f"worst err {e['value']:.2e} (bound {e['bound']:.1e})")
 
 
 @pytest.mark.claim("K16")
@@ -181,12 +230,21 @@ def test_moving_variance_is_biased_for_every_rank(verdict, keras, rng, layout):
     layer(x, training=True)  # momentum 0: the moving variance becomes this batch's variance
     _, var = reference.batch_stats(x, axis)
     m = x.size // features
+    k = m / (m - 1)
     _, b_var = reference.ema_bounds(x, s["mean"], s["var"], 0.0, axis=axis)
-    got = np.asarray(layer.moving_variance.numpy(), np.float64)
-    err_biased, err_unbiased = np.abs(got - var), np.abs(got - var * m / (m - 1))
-    assert np.all(np.abs(var / (m - 1)) > 2 * b_var), "cannot tell biased from unbiased here"
-    verdict.record(ratio_to_biased=float((got / var).mean()), unbiased_factor=m / (m - 1), max_err_biased=err_biased.max(),
-                   max_err_unbiased=err_unbiased.max(), bound=b_var.max(), elements_per_feature=m)
-    verdict.conclude(bool(np.all(err_biased <= b_var)),
-                     f"{layout}: moving variance / biased batch variance = {(got / var).mean():.5f} "
-                     f"(m/(m-1) = {m / (m - 1):.5f}, bound {float((b_var / var).max()):.1e} relative)")
+    # the unbiased variance is the biased one (error <= b_var) times m/(m-1) (rounded: <= 2 more
+    # roundings of the result)
+    b_unbiased = k * b_var + 2 * reference.U32 * k * var
+    got = to_numpy(layer.moving_variance, np.float64)
+    # biased and unbiased predictions differ by var/(m-1): where that exceeds b_var + b_unbiased, no
+    # value is within both bounds, so the test tells them apart
+    verdict.power("biased_vs_unbiased", var / (m - 1), b_var + b_unbiased)
+    ok = verdict.within("err_biased", got - var, b_var)
+    unbiased = verdict.within("err_unbiased", got - var * k, b_unbiased)
+    eu = verdict.evidence["err_unbiased"]
+    verdict.mechanism("unbiased_moving_variance", unbiased,
+                      f"moving variance vs m/(m-1) x batch variance: worst err {eu['value']:.2e} (bound {eu['bound']:.2e})")
+    ratio = float(np.mean(got / var))
+    verdict.record(ratio_to_biased=ratio, unbiased_factor=k, elements_per_feature=m)
+    verdict.conclude(ok, f"{layout}: moving variance / biased batch variance = {ratio:.5f} "
+                         f"(m/(m-1) = {k:.5f}, bound {float(np.max(b_var / var)):.1e} relative)")

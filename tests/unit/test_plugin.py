@@ -142,3 +142,14 @@ def test_within_broadcasts_and_reports_the_worst_ratio():
     assert v.evidence["e"] == {"value": 2.0, "bound": 2.0, "ratio": 1.0}
     assert not v.within("z", np.array([0.0, 1e-30]), 0.0)  # a zero bound admits only exact zeros
     assert v.evidence["z"]["ratio"] == "inf"
+
+
+def test_ties_of_infinite_ratio_report_the_largest_value():
+    class Item:
+        user_properties = []
+
+    v = plugin.Verdict.__new__(plugin.Verdict)
+    v.item, v.evidence, v.mechanisms, v.observed, v.summary = Item(), {}, {}, None, ""
+    v._publish = lambda: None
+    assert v.beyond("moved", np.array([1.9e-9, 4.8e-3, 0.0]), 0.0)
+    assert v.evidence["moved"] == {"value": 4.8e-3, "bound": 0.0, "ratio": "inf"}
