@@ -184,13 +184,15 @@ def surprises(docs: list[dict], sums: dict[str, dict]) -> list[str]:
     """Claims refuted somewhere or whose verdict differs between runs, then anything unexpected."""
     keys = [run_label(d) for d in docs]
     out = []
-    for c in claims.CLAIMS:
+    field_first = sorted(claims.CLAIMS, key=lambda c: not c.topic.startswith("field"))  # users' traps lead
+    for c in field_first:
         st = {k: sums[k][c.id]["status"] for k in keys if sums[k][c.id]["status"] != UNMEASURED}
         if not st or set(st.values()) == {HOLDS}:
             continue
         differs = len(set(st.values())) > 1
         out += wrap(f"- **[{c.id}](#{anchor(c.id)})** {esc(c.title)}" + (" — *differs between runs*" if differs else "")
-                    + f": {', '.join(f'{k} {SYMBOL[s]}' for k, s in st.items())}.")
+                    + f": {', '.join(f'{k} {SYMBOL[s]}' for k, s in st.items())}."
+                    + (f" Source: {esc(c.source)}." if c.topic.startswith("field") else ""))
         shown = _example(c, docs, sums)
         if shown:
             out += wrap(shown, "  ")
@@ -198,9 +200,10 @@ def surprises(docs: list[dict], sums: dict[str, dict]) -> list[str]:
             out += wrap(f"What to do: {c.advice}", "  ")
     if not out:
         return []
-    return ["## What surprised us", "",
-            "Claims that are false on at least one run, or whose verdict changes between runs (the study notebook's "
-            "conclusions on TF 2.1 are not always what today's Keras does).", ""] + out + [""]
+    return ["## What surprised us", ""] + wrap(
+        "Claims that are false on at least one run, or whose verdict changes between runs: first the traps users "
+        "report (issues, guides), then the documentation's, the paper's and the study notebook's claims (its "
+        "conclusions on TF 2.1 are not always what today's Keras does).") + [""] + out + [""]
 
 
 def _example(c, docs, sums) -> str:
