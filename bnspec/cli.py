@@ -71,6 +71,9 @@ def _parser() -> argparse.ArgumentParser:
     pap.add_argument("--out", type=Path, default=Path("reports"), help="where the figure and results go")
     pap.add_argument("--compute-only", action="store_true", help="only make sure the 4 runs are cached (no outputs)")
 
+    from bnspec.audit import cli as audit_cli  # no TensorFlow at import
+
+    audit_cli.register(sub)
     sub.add_parser("claims", help="list the claims in the registry")
     sub.add_parser("cache", help="show the cache directory, its models and its event log")
     return p
@@ -255,6 +258,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             return _cmd_run(args, extra, parser)
+        if args.command == "audit":
+            from bnspec.audit import cli as audit_cli
+
+            return audit_cli.run(args)
         return {"report": _cmd_report, "data": _cmd_data, "train": _cmd_train, "claims": _cmd_claims,
                 "cache": _cmd_cache, "compare": _cmd_compare, "paper": _cmd_paper}[args.command](args)
     except BnspecError as exc:
