@@ -1,5 +1,6 @@
 """Small measuring helpers the claim tests share: BN layers with non-trivial state, weight
-snapshots, and the numbers a model's BN layers hold. Needs TensorFlow (through the caller's keras).
+snapshots, and the numbers a model's BN layers hold. Backend-neutral: every value is read through
+bnspec.backend.to_numpy (Keras 3 on TensorFlow, JAX or PyTorch, and tf_keras).
 
 Change detection is NaN-safe: `changes` and `grouped_changes` raise bnspec.plugin.NonFiniteMeasurement
 when a snapshot holds a NaN or infinite value (a NaN written into a variable is never read as "no
@@ -12,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from bnspec import model as bn_model
+from bnspec.backend import to_numpy
 from bnspec.plugin import finite
 
 GROUPS = ("kernels", "gamma_beta", "moving")  # the kinds of variable a model's snapshot is grouped into
@@ -20,10 +22,10 @@ GROUPS = ("kernels", "gamma_beta", "moving")  # the kinds of variable a model's 
 def bn_state(layer) -> dict:
     """gamma, beta, moving mean/variance (float64 copies) and epsilon of a BN layer."""
     return {
-        "gamma": np.array(layer.gamma.numpy(), np.float64),
-        "beta": np.array(layer.beta.numpy(), np.float64),
-        "mean": np.array(layer.moving_mean.numpy(), np.float64),
-        "var": np.array(layer.moving_variance.numpy(), np.float64),
+        "gamma": to_numpy(layer.gamma, np.float64),
+        "beta": to_numpy(layer.beta, np.float64),
+        "mean": to_numpy(layer.moving_mean, np.float64),
+        "var": to_numpy(layer.moving_variance, np.float64),
         "eps": float(layer.epsilon),
     }
 
@@ -56,7 +58,7 @@ def set_bn_state(layer, state: dict) -> None:
 def snapshot(model) -> dict[str, np.ndarray]:
     """Independent copies of every variable, keyed by a stable name. Non-finite values are kept (a
     snapshot is raw data); the functions below that read snapshots reject them."""
-    return {f"{i}:{_name(v)}": np.array(v.numpy()) for i, v in enumerate(model.weights)}
+    return {f"{i}:{_name(v)}": to_numpy(v) for i, v in enumerate(model.weights)}
 
 
 def _name(v) -> str:
@@ -109,7 +111,7 @@ def unchanged(verdict, before: dict, after: dict, prefix: str = "") -> dict[str,
 def moving_state(layers) -> np.ndarray:
     """The moving mean and variance of BN `layers`, one float64 vector (a raw copy: compare it with
     `verdict.equal`, which rejects non-finite values)."""
-    return np.concatenate([np.concatenate([np.ravel(layer.moving_mean.numpy()), np.ravel(layer.moving_variance.numpy())])
+    return np.concatenate([np.concatenate([np.ravel(to_numpy(layer.moving_mean)), np.ravel(to_numpy(layer.moving_variance))])
                            for layer in layers]).astype(np.float64)
 
 
@@ -141,7 +143,8 @@ LOSS_ENTRIES = ("evaluate", "test_on_batch")  # return the mean cross-entropy lo
 
 def run_entry(model, entry: str, x, y):
     """Run `model` on (x, y) through one Keras entry point; returns logits (numpy) where the
-    entry point returns them, the loss for evaluate/test_on_batch, and None for fit."""
+    entry point returns them, the loss for evaluate/test_on_batch, and None for fit. Outputs are read
+    through backend.to_numpy (a PyTorch output of model(x) requires grad: np.asarray refuses it)."""
     n = len(x)
     if entry == "fit":
         model.fit(x, y, batch_size=n, epochs=1, verbose=0, shuffle=False)
@@ -150,19 +153,19 @@ def run_entry(model, entry: str, x, y):
         model.train_on_batch(x, y)
         return None
     if entry == "predict":
-        return np.asarray(model.predict(x, batch_size=n, verbose=0))
+        return to_numpy(model.predict(x, batch_size=n, verbose=0))
     if entry == "predict_on_batch":
-        return np.asarray(model.predict_on_batch(x))
+        return to_numpy(model.predict_on_batch(x))
     if entry == "evaluate":
-        return float(np.ravel(model.evaluate(x, y, batch_size=n, verbose=0))[0])
+        return float(np.ravel(to_numpy(model.evaluate(x, y, batch_size=n, verbose=0)))[0])
     if entry == "test_on_batch":
-        return float(np.ravel(model.test_on_batch(x, y))[0])
+        return float(np.ravel(to_numpy(model.test_on_batch(x, y)))[0])
     if entry == "call":
-        return np.asarray(model(x))
+        return to_numpy(model(x))
     if entry == "call_training_false":
-        return np.asarray(model(x, training=False))
+        return to_numpy(model(x, training=False))
     if entry == "call_training_true":
-        return np.asarray(model(x, training=True))
+        return to_numpy(model(x, training=True))
     raise ValueError(f"unknown entry point {entry!r}")
 
 

@@ -9,12 +9,16 @@ A mode is identified by comparing outputs with the float64 reference of that mod
 inference mode (reference.mlp_inference, with its float32 bound), or, for single examples through a
 last BN layer in training mode, the collapsed logits act(beta) @ W_out + b_out (probes.collapsed_logits,
 within probes.collapse_bound). Each test first checks that the two references are further apart than
-the sum of their bounds, so an output within one bound is outside the other."""
+the sum of their bounds, so an output within one bound is outside the other.
+
+Backend-neutral (Keras 3 on TensorFlow, JAX and PyTorch; tf_keras): outputs are read through
+bnspec.backend.to_numpy, state through bnspec.probes."""
 
 import numpy as np
 import pytest
 
 from bnspec import probes, reference
+from bnspec.backend import to_numpy
 from bnspec.model import KINDS, NOTEBOOK_HARDCODED_LAYERS, ModelSpec, bn_layers, build, compile_model, dense_layers
 
 BATCH = 60
@@ -244,9 +248,9 @@ def test_hardcoded_model_ignores_training_argument(verdict, keras, rng, batch, k
         # (the training=True calls move the moving statistics)
         ref, b = reference.mlp_inference(x[i : i + 1], probes.mlp_reference_layers(model))
         inf.append(ref), inf_b.append(b), before.append(probes.moving_state(hard))
-        off.append(np.asarray(model(x[i : i + 1], training=False), np.float64))
+        off.append(to_numpy(model(x[i : i + 1], training=False), np.float64))
         after.append(probes.moving_state(hard))
-        on.append(np.asarray(model(x[i : i + 1], training=True), np.float64))
+        on.append(to_numpy(model(x[i : i + 1], training=True), np.float64))
     on, off, inf, inf_b = (np.concatenate(a) for a in (on, off, inf, inf_b))
     verdict.power("inference_vs_collapsed_reference", inf - col_logits, inf_b + col_bound)
     hard_unchanged = verdict.equal("hardcoded_layers_moving_unchanged_by_training_false",

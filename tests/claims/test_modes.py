@@ -4,12 +4,16 @@ Every comparison uses bnspec.reference.bn_bound, a worst-case float32 bound: exc
 layer computed something else, not that it rounded differently. Each test also shows its power: the
 alternative (the other mode, the other variance formula) must differ from the claim's prediction by
 more than 2x the bound somewhere, since a float32 implementation of the alternative may itself sit
-one bound away from its exact value, and must still fall outside the claim's bound."""
+one bound away from its exact value, and must still fall outside the claim's bound.
+
+Backend-neutral (Keras 3 on TensorFlow, JAX and PyTorch; tf_keras): outputs are read through
+bnspec.backend.to_numpy, state through bnspec.probes."""
 
 import numpy as np
 import pytest
 
 from bnspec import probes, reference
+from bnspec.backend import to_numpy
 
 UNITS = 100
 
@@ -27,7 +31,7 @@ def test_training_mode_uses_batch_statistics(verdict, keras, device, rng, batch)
     # biased-vs-unbiased difference (1/(m-1) relative) even at m = 600
     x = _inputs(rng, batch, offset=0.3)
     s = probes.bn_state(layer)  # before the call updates the moving statistics
-    y = np.asarray(layer(x, training=True), np.float64)
+    y = to_numpy(layer(x, training=True), np.float64)
 
     ref, mean, var = reference.bn_train(x, s["gamma"], s["beta"], s["eps"])
     bound = reference.bn_bound(x, s["gamma"], s["beta"], mean, var, s["eps"], n_reduce=batch)
@@ -49,7 +53,7 @@ def test_inference_mode_uses_moving_statistics(verdict, keras, device, rng, batc
     layer = probes.make_bn(keras, UNITS, rng)
     x = _inputs(rng, batch)
     s = probes.bn_state(layer)
-    y = np.asarray(layer(x) if training is None else layer(x, training=training), np.float64)
+    y = to_numpy(layer(x) if training is None else layer(x, training=training), np.float64)
 
     ref = reference.bn_inference(x, s["gamma"], s["beta"], s["mean"], s["var"], s["eps"])
     bound = reference.bn_bound(x, s["gamma"], s["beta"], s["mean"], s["var"], s["eps"])
@@ -99,7 +103,7 @@ def test_batch_of_one_outputs_beta(verdict, keras, device, rng, units):
     layer = probes.make_bn(keras, units, rng)
     s = probes.bn_state(layer)
     xs = _inputs(rng, 8, units)  # eight different single-example batches
-    ys = np.stack([np.asarray(layer(row[None, :], training=True), np.float64)[0] for row in xs])
+    ys = np.stack([to_numpy(layer(row[None, :], training=True), np.float64)[0] for row in xs])
     bounds = np.stack([reference.batch_of_one_bound(row, s["gamma"], s["beta"], s["eps"]) for row in xs])
     # the alternative: a layer that normalised single examples with its moving statistics
     inference = reference.bn_inference(xs, s["gamma"], s["beta"], s["mean"], s["var"], s["eps"])
