@@ -52,11 +52,11 @@ def _sections(out_dir: Path) -> list[str]:
     mut = mutants.load(out_dir)
     if mut:
         lines += mutants.section(mut)
-    runs = bench.saves(out_dir / "benchmarks" / "history")
-    if runs:
-        previous = bench.load(runs[-2]) if len(runs) > 1 else None
-        lines += ["<details><summary>Benchmarks: BN throughput against this machine's copy bandwidth</summary>", ""]
-        lines += bench.render(bench.load(runs[-1]), previous) + ["</details>", ""]
+    doc, previous = bench.current(out_dir / "benchmarks" / "history")
+    if doc:
+        lines += ["<details><summary>Benchmarks: BN throughput against this machine's copy bandwidth "
+                  "(TensorFlow, JAX, PyTorch)</summary>", ""]
+        lines += bench.render(doc, previous) + ["</details>", ""]
     return lines
 
 
