@@ -74,6 +74,9 @@ def _parser() -> argparse.ArgumentParser:
     from bnspec.audit import cli as audit_cli  # no TensorFlow at import
 
     audit_cli.register(sub)
+    from bnspec import mutants  # no TensorFlow at import
+
+    mutants.register(sub)
     sub.add_parser("claims", help="list the claims in the registry")
     sub.add_parser("cache", help="show the cache directory, its models and its event log")
     return p
@@ -262,6 +265,10 @@ def main(argv: list[str] | None = None) -> int:
             from bnspec.audit import cli as audit_cli
 
             return audit_cli.run(args)
+        if args.command == "mutants":
+            from bnspec import mutants
+
+            return mutants.run(args)
         return {"report": _cmd_report, "data": _cmd_data, "train": _cmd_train, "claims": _cmd_claims,
                 "cache": _cmd_cache, "compare": _cmd_compare, "paper": _cmd_paper}[args.command](args)
     except BnspecError as exc:
