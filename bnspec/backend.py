@@ -49,8 +49,11 @@ def gradients(loss_fn, x, variables=()) -> tuple[np.ndarray, list[np.ndarray]]:
         with tf.GradientTape() as tape:
             tape.watch(xt)
             loss = loss_fn(xt)
-        gx, *gv = tape.gradient(loss, [xt] + [getattr(v, "value", v) if hasattr(v, "path") else v for v in variables])
-        return to_numpy(gx), [to_numpy(g) for g in gv]
+        targets = [xt] + [getattr(v, "value", v) if hasattr(v, "path") else v for v in variables]
+        grads = tape.gradient(loss, targets)
+        # a variable the loss does not depend on has gradient 0 (TensorFlow says None), as on torch below
+        out = [np.zeros(t.shape, np.float32) if g is None else to_numpy(g) for t, g in zip(targets, grads)]
+        return out[0], out[1:]
     if b == "jax":
         import jax
         import jax.numpy as jnp
