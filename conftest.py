@@ -25,14 +25,15 @@ def flavour() -> str:
 @pytest.fixture(scope="session")
 def keras(flavour):
     """The Keras module under test (keras or tf_keras) on the backend under test (KERAS_BACKEND):
-    tests never import Keras themselves. float32 matmuls are made float32 (no TF32) on every backend."""
+    tests never import Keras themselves. float32 matmuls are made float32 (no TF32) on every backend,
+    and PyTorch uses one thread per process (bnspec.backend.configure)."""
     from bnspec import BnspecError, backend, flavours
 
     try:
         module = flavours.keras_module(flavour)
     except BnspecError as exc:
         pytest.skip(str(exc))
-    backend.float32_matmul_highest()
+    backend.configure()
     return module
 
 

@@ -131,6 +131,22 @@ def device_scope(keras, device: str):
         yield
 
 
+def configure() -> None:
+    """Process-wide settings every measurement assumes: float32 matmuls in float32, and one intra-op
+    thread for PyTorch (its default, one per core, oversubscribes the cores when pytest-xdist runs a
+    worker per core: a Keras training step on torch took 630 ms instead of 23 ms here). Set
+    BNSPEC_TORCH_THREADS to change the latter (`auto`: torch's default, as the benchmarks do)."""
+    float32_matmul_highest()
+    if name() == "torch":
+        import os
+
+        import torch
+
+        threads = os.environ.get("BNSPEC_TORCH_THREADS", "1")
+        if threads != "auto":  # auto: torch's own default (the benchmarks measure with it)
+            torch.set_num_threads(int(threads))
+
+
 def float32_matmul_highest() -> None:
     """float32 matmuls in float32, not TF32 / bf16 passes (Ampere/Hopper GPUs default to less): every
     float32 bound in bnspec.reference assumes float32 arithmetic."""

@@ -81,6 +81,7 @@ def epoch_order(n: int, batch: int, seed: int, epoch: int, steps: int | None = N
 
 def _train_into(spec: ModelSpec, train: TrainSpec, out: Path) -> dict:
     keras = flavours.keras_module()
+    backend.configure()
     backend.deterministic(keras, train.seed)
     splits = data.preprocess(data.load_mnist(), seed=train.seed, n_valid=train.n_valid)
     model = compile_model(build(spec, keras), keras, train.learning_rate)
