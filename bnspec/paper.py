@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bnspec import cache, data, flavours, paths
+from bnspec import BnspecError, cache, data, flavours, paths
 
 UNIT = 0  # the tracked sigmoid of the last hidden layer (the same unit in both networks)
 PERCENTILES = (15, 50, 85)
@@ -63,6 +63,19 @@ class PaperRun:
 
 
 RUNS = (PaperRun(False), PaperRun(True), PaperRun(False, learning_rate=0.5), PaperRun(True, learning_rate=0.5))
+
+
+class NonFiniteRun(BnspecError):
+    """A run produced NaN or infinite test logits or sigmoid inputs (it diverged): an error, never an
+    accuracy (an argmax over NaN logits would read as class 0 for every image, a finite accuracy)."""
+
+
+def _finite(run: PaperRun, step: int, what: str, values: np.ndarray) -> np.ndarray:
+    bad = int(values.size - np.count_nonzero(np.isfinite(values)))
+    if bad:
+        raise NonFiniteRun(f"paper run {run.name}: {bad} of {values.size} {what} are NaN or infinite at step "
+                           f"{step}: the run diverged, and a non-finite value is never a test accuracy")
+    return values
 
 
 def log(msg: str) -> None:
@@ -153,16 +166,19 @@ def _train(run: PaperRun) -> dict:
     @tf.function
     def _evaluate(x):
         logits, pre = forward(x, False)
-        return tf.argmax(logits, 1, output_type=tf.int32), pre[:, UNIT]
+        return logits, pre[:, UNIT]
 
     checkpoints, started = [], time.time()
     for start in range(0, run.steps, run.every):
         _chunk(tf.constant(start), tf.constant(run.every))
         if run.batchnorm and run.population_batches:
             _population()
-        labels, pre = _evaluate(xte)
-        pre = pre.numpy()
-        checkpoints.append({"step": start + run.every, "test_accuracy": float((labels.numpy() == yte).mean()),
+        logits, pre = _evaluate(xte)
+        step = start + run.every
+        # checked before any reduction: argmax and percentiles of NaN would read as numbers
+        labels = _finite(run, step, "test logits", logits.numpy()).argmax(1)
+        pre = _finite(run, step, "tracked sigmoid inputs", pre.numpy())
+        checkpoints.append({"step": step, "test_accuracy": float((labels == yte).mean()),
                             "percentiles": [float(np.percentile(pre, q)) for q in PERCENTILES]})
         if (start + run.every) % 10_000 == 0:
             rate = (start + run.every) / (time.time() - started)

@@ -21,15 +21,27 @@ CLAIMS = (
         "Frozen-BN fine-tuning: with every BN layer set trainable=False, fit() changes the kernels but "
         "not the moving statistics, gamma or beta.",
         "Keras transfer-learning guide ('BatchNormalization layer ... trainable = False')",
-        note="freeze=after_fit_no_recompile sets trainable=False after a first fit() and does not compile again",
+        note="freeze=after_fit_no_recompile sets trainable=False after a first fit() and does not compile again; "
+        "what happens then depends on the backend (TensorFlow: the frozen layers keep training; JAX: fit() raises "
+        "and leaves the model's variables without values; PyTorch: frozen as asked)",
         expected=(
-            Expect(REFUTED, case="freeze=after_fit_no_recompile", mechanism="frozen_layers_still_train",
+            Expect(REFUTED, backend="tensorflow", case="freeze=after_fit_no_recompile", mechanism="frozen_layers_still_train",
                    why="the training step traced by the first fit() keeps updating gamma, beta and the moving "
                    "statistics until compile() is called again"),
+            Expect(REFUTED, backend="jax", case="freeze=after_fit_no_recompile",
+                   mechanism="fit_refuses_changed_trainable_set",
+                   why="on JAX fit() refuses to run: the stateless training step hands the optimizer the variables "
+                   "trainable now (8 kernels and biases), and the optimizer built by the first fit() for 14 "
+                   "(gamma and beta included) raises ValueError ('Argument optimizer_variables must be a list of "
+                   "tensors corresponding 1:1 ...') until compile() is called again"),
+            Expect(HOLDS, backend="torch", case="freeze=after_fit_no_recompile",
+                   why="the PyTorch trainer runs eagerly (jit_compile='auto' is eager on torch): every step reads the "
+                   "variables trainable now and runs the frozen BN layers in inference mode, with or without compile()"),
             Expect(HOLDS),
         ),
-        advice="after changing `trainable`, call compile() again before fit(); otherwise the frozen BN layers "
-        "keep training and their moving statistics drift",
+        advice="after changing `trainable`, call compile() again before fit(); otherwise on TensorFlow the frozen BN "
+        "layers keep training and their moving statistics drift, and on JAX fit() raises and leaves the model without "
+        "its weights (reload it)",
     ),
     Claim(
         "L03",

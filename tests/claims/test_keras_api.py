@@ -111,7 +111,19 @@ def test_mask_excludes_steps_from_statistics(verdict, keras, rng, mask_via):
 
 @pytest.mark.claim("K11")
 @pytest.mark.parametrize("training", [True, False])
-def test_synchronized_single_replica_equals_plain(verdict, keras, rng, training):
+def test_synchronized_single_replica_equals_plain(verdict, keras, backend_name, rng, training):
+    if backend_name != "tensorflow":
+        # Keras documents the argument as TensorFlow-only ("synchronized: Only applicable with the
+        # TensorFlow backend", BatchNormalization's docstring) and its constructor refuses it elsewhere:
+        # a documented limitation, not a verdict. Skipped only when that refusal is what we observe, so
+        # that a Keras that starts to support it on this backend is measured again.
+        try:
+            keras.layers.BatchNormalization(synchronized=True)
+        except ValueError as exc:
+            if "only supported with the TensorFlow backend" not in str(exc):
+                raise
+            pytest.skip(f"synchronized=True is documented as TensorFlow-only, and Keras refuses it on "
+                        f"{backend_name}: {exc}")
     units, batch, momentum = 32, 60, 0.9
     plain = probes.make_bn(keras, units, rng, momentum=momentum)
     synced = keras.layers.BatchNormalization(momentum=momentum, synchronized=True)

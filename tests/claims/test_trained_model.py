@@ -59,9 +59,9 @@ def test_test_accuracy_after_ten_epochs(verdict, keras, trained, mnist):
 def test_inference_does_not_depend_on_batch_size(verdict, trained, mnist, entry, batch_size):
     x = mnist.x_test[:60]
     model = trained.model
-    full = np.asarray(model.predict(mnist.x_test[:600], batch_size=600, verbose=0))[:60]
+    full = to_numpy(model.predict(mnist.x_test[:600], batch_size=600, verbose=0))[:60]
     if entry == "predict":
-        out = np.asarray(model.predict(x, batch_size=batch_size, verbose=0))
+        out = to_numpy(model.predict(x, batch_size=batch_size, verbose=0))
     else:
         out = np.concatenate([to_numpy(model(x[i : i + batch_size])) for i in range(0, 60, batch_size)])
     layers = probes.mlp_reference_layers(model)
