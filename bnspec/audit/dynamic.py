@@ -159,7 +159,11 @@ class State:
 
     def restore(self) -> None:
         for v, old in zip(self.variables, self.values):
-            if not np.array_equal(_np(v), old, equal_nan=True):
+            try:
+                same = np.array_equal(_np(v), old, equal_nan=True)
+            except Exception:  # noqa: BLE001  a call that failed inside JAX's stateless trainer can leave
+                same = False  # a variable without a value: put the saved value back
+            if not same:
                 v.assign(old)
 
 
