@@ -289,8 +289,16 @@ def verdict(request):
         raise pytest.UsageError(f"{request.node.nodeid}: the verdict fixture needs exactly one claim marker")
     v = Verdict(request.node, claims.get(marks[0].args[0]))
     yield v
-    if v.observed is None and not getattr(request.node, "_bnspec_incomplete", False):
+    done = getattr(request.node, "_bnspec_call_done", False)  # the body returned (no skip, failure, interrupt)
+    if v.observed is None and done and not getattr(request.node, "_bnspec_incomplete", False):
         pytest.fail(f"{request.node.nodeid} measured claim {v.claim.id} but never called verdict.conclude()")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    result = yield  # re-raises whatever the test body raised
+    item._bnspec_call_done = True
+    return result
 
 
 @pytest.hookimpl(wrapper=True)
@@ -371,8 +379,9 @@ def environment(config) -> dict:
     }
 
 
-def selection(config) -> dict:
-    """What this run selected; `partial` when it ran less than the whole claim suite."""
+def selection(config, exitstatus=0) -> dict:
+    """What this run selected; `partial` when it ran less than the whole claim suite: a narrowing
+    option, named files or nodes, or a run that did not finish (interrupted, a crashed worker, -x)."""
     opt = config.option
     narrowing = {
         "claims": config.getoption("--bnspec-claims"), "device": config.getoption("--bnspec-device"),
@@ -380,8 +389,10 @@ def selection(config) -> dict:
         "deselect": list(getattr(opt, "deselect", None) or []) or None,
     }
     files = [a for a in config.args if "::" in a or a.endswith(".py")]
-    partial = any(narrowing.values()) or bool(files) or bool(getattr(opt, "lf", False))
-    return {"args": list(config.invocation_params.args), "partial": partial}
+    unfinished = int(exitstatus) in (int(pytest.ExitCode.INTERRUPTED), int(pytest.ExitCode.INTERNAL_ERROR)) or \
+        bool(getattr(opt, "maxfail", 0))
+    partial = any(narrowing.values()) or bool(files) or bool(getattr(opt, "lf", False)) or unfinished
+    return {"args": list(config.invocation_params.args), "partial": partial, **({"unfinished": True} if unfinished else {})}
 
 
 def pytest_report_header(config):
@@ -433,7 +444,7 @@ def pytest_sessionfinish(session, exitstatus):
         env["model_cache"] = state.model
     run = {"finished": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(finished)),
            "seconds": round(finished - state.started, 1), "environment": env, "code": provenance.code(),
-           "selection": selection(config)}
+           "selection": selection(config, exitstatus)}
     new = {"schema": results.SCHEMA, "flavour": flavour, "backend": backend, "runs": {run_id: run},
            "tests": sorted((dict(t, run=run_id) for t in tests), key=lambda t: t["nodeid"])}
     if config.getoption("--bnspec-device") == "gpu":  # a GPU machine's run is a column of its own

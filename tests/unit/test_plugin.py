@@ -153,3 +153,19 @@ def test_ties_of_infinite_ratio_report_the_largest_value():
     v._publish = lambda: None
     assert v.beyond("moved", np.array([1.9e-9, 4.8e-3, 0.0]), 0.0)
     assert v.evidence["moved"] == {"value": 4.8e-3, "bound": 0.0, "ratio": "inf"}
+
+
+def test_an_interrupted_run_is_partial_and_keeps_what_it_did_not_reach(pytester):
+    res = _run(pytester, """
+@pytest.mark.claim("K01")
+def test_a(verdict):
+    verdict.conclude(verdict.within("e", 1e-7, 1e-6), "ok")
+
+@pytest.mark.claim("K01")
+def test_b(verdict):
+    raise KeyboardInterrupt
+""")
+    assert res.ret == pytest.ExitCode.INTERRUPTED
+    doc = json.loads((pytester.path / "reports" / "raw" / "keras3.json").read_text())
+    (run,) = doc["runs"].values()
+    assert run["selection"]["partial"] is True and run["selection"]["unfinished"] is True
