@@ -28,10 +28,15 @@ def merged_docs(raw_dir: Path, out_dir: Path, log=print) -> list[dict]:
     (raw files accumulate every run of this checkout; results.json is what was committed)."""
     docs = {}
     merged_path = out_dir / "results.json"
-    if merged_path.is_file():
-        for d in results.load_any(merged_path):
-            docs[results.key(d)] = d
     raw = sorted(Path(raw_dir).glob("*.json")) if Path(raw_dir).is_dir() else []
+    if merged_path.is_file():
+        try:
+            for d in results.load_any(merged_path):
+                docs[results.key(d)] = d
+        except results.ResultsError as exc:
+            if not raw:
+                raise
+            log(f"bnspec: ignoring {merged_path} ({exc}); the report is made from {raw_dir} alone")
     for f in raw:
         d = results.load(f)
         docs[results.key(d)] = d
@@ -42,27 +47,31 @@ def merged_docs(raw_dir: Path, out_dir: Path, log=print) -> list[dict]:
     return results.in_order(docs.values())
 
 
-def _sections(out_dir: Path) -> list[str]:
+def _sections(out_dir: Path) -> tuple[list[str], dict[str, str]]:
+    """REPORT.md's sections after the claims (short: a number, the figure, a link) and the pages they
+    link to (name -> text), each from its own input."""
     from bnspec.report import bench, mutants, paper
 
-    lines = []
+    lines, pages = [], {}
     doc = paper.load(out_dir)
     if doc:
-        lines += paper.section(doc)
+        lines += paper.section(doc, table=False)
     mut = mutants.load(out_dir)
     if mut:
-        lines += mutants.section(mut)
+        lines += ["## The mutation harness", "", mutants.section(mut)[0], "",
+                  "The kill matrix (mutant x the claims that caught it): [mutants/MUTANTS.md](mutants/MUTANTS.md).", ""]
     doc, previous = bench.current(out_dir / "benchmarks" / "history")
     if doc:
-        lines += ["<details><summary>Benchmarks: BN throughput against this machine's copy bandwidth "
-                  "(TensorFlow, JAX, PyTorch)</summary>", ""]
-        lines += bench.render(doc, previous) + ["</details>", ""]
-    return lines
+        pages["BENCHMARKS.md"] = "\n".join(["# bnspec benchmarks: BN throughput against this machine's copy bandwidth", "",
+                                            "Back to [the report](REPORT.md).", ""] + bench.render(doc, previous)) + "\n"
+        lines += ["## Benchmarks", "", "BN throughput on TensorFlow, JAX and PyTorch against this machine's copy "
+                  "bandwidth (`tox -e bench`): [BENCHMARKS.md](BENCHMARKS.md).", ""]
+    return lines, pages
 
 
-def render(docs: list[dict], out_dir: Path, fingerprint: str | None = None) -> tuple[str, str]:
-    """(REPORT.md, EVIDENCE.md) for these results; `fingerprint` is the current measuring code's
-    (bnspec.provenance), against which results are marked stale."""
+def render(docs: list[dict], out_dir: Path, fingerprint: str | None = None) -> dict[str, str]:
+    """{page name: text}: REPORT.md, EVIDENCE.md and the pages sections link to, for these results;
+    `fingerprint` is the current measuring code's (bnspec.provenance), against which results are marked stale."""
     fp = fingerprint or provenance.fingerprint()
     sums = {v.run_label(d): v.summarise(d, fp) for d in docs}
     lines = v.landing(docs, sums, fp)
@@ -70,9 +79,10 @@ def render(docs: list[dict], out_dir: Path, fingerprint: str | None = None) -> t
     lines += v.problems(docs, sums)
     lines += v.not_measured(docs, sums)
     lines += v.details(docs, sums)
-    lines += _sections(out_dir)
+    more, pages = _sections(out_dir)
+    lines += more
     lines += v.environment(docs, fp)
-    return "\n".join(lines).rstrip() + "\n", v.evidence_page(docs, sums)
+    return {"REPORT.md": "\n".join(lines).rstrip() + "\n", "EVIDENCE.md": v.evidence_page(docs, sums), **pages}
 
 
 def _merged(docs: list[dict]) -> dict:
@@ -82,10 +92,11 @@ def _merged(docs: list[dict]) -> dict:
 def write(raw_dir: Path, out_dir: Path, log=print) -> Path:
     docs = merged_docs(raw_dir, out_dir, log)
     out_dir.mkdir(parents=True, exist_ok=True)
-    report, evidence = render(docs, out_dir)
+    pages = render(docs, out_dir)
     paths.atomic_write_json(out_dir / "results.json", _merged(docs))
-    paths.atomic_write_bytes(out_dir / "EVIDENCE.md", evidence.encode())
-    paths.atomic_write_bytes(out_dir / "REPORT.md", report.encode())
+    for name, text in pages.items():
+        paths.atomic_write_bytes(out_dir / name, text.encode())
+    report = pages["REPORT.md"]
     try:
         from bnspec.report import figure
 
@@ -108,9 +119,10 @@ def check(out_dir: Path) -> list[str]:
     (nothing is written). Empty when they agree."""
     merged = out_dir / "results.json"
     docs = results.in_order(results.load_any(merged))
-    report, evidence = render(docs, out_dir)
+    pages = render(docs, out_dir)
+    report = pages["REPORT.md"]
     problems = []
-    for name, text in (("REPORT.md", report), ("EVIDENCE.md", evidence)):
+    for name, text in pages.items():
         path = out_dir / name
         have = path.read_text() if path.is_file() else None
         if have != text:

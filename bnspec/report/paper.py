@@ -24,7 +24,7 @@ def load(out_dir: Path) -> dict | None:
     return doc
 
 
-def table(res: dict[str, dict], every: int = 5000) -> list[str]:
+def checkpoint_table(res: dict[str, dict], every: int = 5000) -> list[str]:
     names = list(RUN_NAMES)
     lines = ["| step | " + " | ".join(f"{n}: accuracy" for n in names) + " | baseline 15/50/85 | BN 15/50/85 |",
              "|" + "---|" * (len(names) + 3)]
@@ -55,7 +55,7 @@ def summary_lines(s: dict) -> list[str]:
     ]
 
 
-def section(doc: dict, figure_name: str = "paper_figure1.png") -> list[str]:
+def section(doc: dict, figure_name: str = "paper_figure1.png", table: bool = True) -> list[str]:
     """The report's section for reports/paper/results.json (no TensorFlow)."""
     run = doc["runs"]["bn-lr0.1"]["run"]
     lines = ["## The paper's MNIST experiment (Figure 1), reproduced", "",
@@ -63,4 +63,4 @@ def section(doc: dict, figure_name: str = "paper_figure1.png") -> list[str]:
              f"SGD, {run['steps']:,} steps of {run['batch']}, the same initial weights and batch order with and without BN "
              "(choices and reasons: `bnspec/paper.py`). Claims P07-P10 test the orderings below.", "",
              f"![Figure 1 reproduced]({figure_name})", ""]
-    return lines + summary_lines(doc["summary"]) + [""] + table(doc["runs"]) + [""]
+    return lines + summary_lines(doc["summary"]) + [""] + (checkpoint_table(doc["runs"]) + [""] if table else [])

@@ -193,11 +193,8 @@ def surprises(docs: list[dict], sums: dict[str, dict]) -> list[str]:
         out += wrap(f"- **[{c.id}](#{anchor(c.id)})** {esc(c.title)}" + (" — *differs between runs*" if differs else "")
                     + f": {', '.join(f'{k} {SYMBOL[s]}' for k, s in st.items())}."
                     + (f" Source: {esc(c.source)}." if c.topic.startswith("field") else ""))
-        shown = _example(c, docs, sums)
-        if shown:
-            out += wrap(shown, "  ")
         if c.advice:
-            out += wrap(f"What to do: {c.advice}", "  ")
+            out += wrap(f"What to do: {clip(c.advice, 200)}", "  ")
     if not out:
         return []
     return ["## What surprised us", ""] + wrap(
@@ -216,7 +213,7 @@ def _example(c, docs, sums) -> str:
                     rule = c.expectation(d["flavour"], d["runs"][t["run"]]["environment"].get("keras"),
                                          t.get("params", {}), d.get("backend") or "tensorflow")
                     why = f" Why: {rule.why}."
-                return f"Measured on {run_label(d)} [{case}]: {t.get('summary') or t.get('message')}.{why}"
+                return f"Measured on {run_label(d)} [{case}]: {clip(t.get('summary') or t.get('message'), 160)}.{clip(why, 140)}"
     return ""
 
 
@@ -224,11 +221,17 @@ def not_measured(docs: list[dict], sums: dict[str, dict]) -> list[str]:
     keys = [run_label(d) for d in docs]
     rows = []
     for c in claims.CLAIMS:
-        for k in keys:
-            s = sums[k][c.id]
-            if s["status"] == UNMEASURED:
-                rows.append(f"- {c.id} on {k}: unmeasured — {esc('; '.join(s['skip_reasons']))[:250]}")
-    return (["## Unmeasured", ""] + rows + [""]) if rows else []
+        where = [k for k in keys if sums[k][c.id]["status"] == UNMEASURED]
+        if where:
+            reason = sums[where[0]][c.id]["skip_reasons"][0] if sums[where[0]][c.id]["skip_reasons"] else "skipped"
+            rows += wrap(f"- [{c.id}](#{anchor(c.id)}) on {', '.join(where)}: {esc(clip(reason, 150))}")
+    return (["## Unmeasured", "", "Claims no case of a run measured, with the first reason (all reasons: "
+             "[EVIDENCE.md](EVIDENCE.md)).", ""] + rows + [""]) if rows else []
+
+
+def clip(text, n: int) -> str:
+    text = str(text or "")
+    return text if len(text) <= n else text[: n - 1].rstrip() + "…"
 
 
 def problems(docs: list[dict], sums: dict[str, dict]) -> list[str]:
@@ -244,37 +247,34 @@ def problems(docs: list[dict], sums: dict[str, dict]) -> list[str]:
 
 def details(docs: list[dict], sums: dict[str, dict]) -> list[str]:
     keys = [run_label(d) for d in docs]
-    lines = ["## The claims", ""]
+    lines = ["## The claims", "", "Per claim: the statement and, where a verdict is not 'holds', one measured case; "
+             "the verdicts per run are in the matrix above, the source and every case's numbers in "
+             "[EVIDENCE.md](EVIDENCE.md).", ""]
     by_topic = defaultdict(list)
     for c in claims.CLAIMS:
         by_topic[c.topic].append(c)
     for topic, cs in by_topic.items():
         lines += [f"### {claims.TOPICS[topic]}", "", f"Tests: `tests/claims/test_{topic}.py`.", ""]
         for c in cs:
-            lines += [f'<a id="{anchor(c.id)}"></a>', f"**{c.id} — {esc(c.title)}.**"]
-            lines += wrap(f"{c.statement} *Source: {c.source}.*")
-            if c.note:
-                lines += wrap(f"Reading the evidence: {c.note}")
+            lines += [f'<a id="{anchor(c.id)}"></a>']
+            # the verdicts per run are the matrix's row: here the statement, one measured case, the evidence
+            lines += wrap(f"**{c.id} — {esc(c.title)}.** {esc(c.statement)} [Source and evidence](EVIDENCE.md#{anchor(c.id)}).")
+            if any(sums[k][c.id]["status"] not in (HOLDS, UNMEASURED) for k in keys):  # the surprising ones
+                shown = next((h for h in (_headline(sums[k][c.id], k) for k in keys) if h), "")
+                if shown:
+                    lines += wrap(f"e.g. {shown}")
             lines.append("")
-            groups = defaultdict(list)  # identical headline per status across runs: say it once
-            for k in keys:
-                s = sums[k][c.id]
-                groups[(s["status"], _headline(s))].append(k + (f" {PARTIAL_MARK}" if s["partial"] else "")
-                                                             + (f" {STALE_MARK}" if s["stale"] else ""))
-            for (status, headline), ks in groups.items():
-                lines += wrap(f"- {SYMBOL[status]} {status} on {', '.join(ks)}" + (f": {headline}" if headline else ""), "")
-            lines += [f"- [evidence per case](EVIDENCE.md#{anchor(c.id)})", ""]
     return lines
 
 
-def _headline(s: dict) -> str:
-    if s["status"] == UNMEASURED:
-        return "; ".join(s["skip_reasons"])[:250]
-    for case, status, t in s["cases"]:
-        if status == s["status"] or (s["status"] == MIXED and status in (HOLDS, REFUTED)):
-            text = t.get("summary") or t.get("message") or ""
-            return esc(f"[{case}] {text}")[:400]
-    return ""
+def _headline(s: dict, key: str) -> str:
+    """One measured case of a run: a refuted or broken one if any, else the first."""
+    order = {UNEXPECTED: 0, ERROR: 1, REFUTED: 2, HOLDS: 3}
+    cases = sorted((c for c in s["cases"] if c[1] != UNMEASURED), key=lambda c: order.get(c[1], 9))
+    if not cases:
+        return ""
+    case, status, t = cases[0]
+    return esc(f"{key} [{case}] {status}: {clip(t.get('summary') or t.get('message'), 170)}")
 
 
 def environment(docs: list[dict], fingerprint: str) -> list[str]:
@@ -303,7 +303,9 @@ def evidence_page(docs: list[dict], sums: dict[str, dict]) -> str:
              "`name=value≤bound (ratio x)` for the element nearest to (or furthest past) its bound: "
              "ratio ≤ 1 is within. Back to [the report](REPORT.md).", ""]
     for c in claims.CLAIMS:
-        lines += [f'<a id="{anchor(c.id)}"></a>', "", f"## {c.id} — {esc(c.title)}", ""]
+        lines += [f'<a id="{anchor(c.id)}"></a>', "", f"## {c.id} — {esc(c.title)}", "",
+                  f"{esc(c.statement)} *Source: {esc(c.source)}.*" + (f" Reading the evidence: {esc(c.note)}" if c.note else ""),
+                  ""]
         for d in docs:
             k = run_label(d)
             rows = sums[k][c.id]["cases"]
