@@ -130,14 +130,17 @@ def test_x04(verdict):
     assert {t["nodeid"].split("::")[1]: t["outcome"] for t in doc["tests"]} == {"test_k01": "passed", "test_x04": "skipped"}
 
 
-def test_within_broadcasts_and_reports_the_worst_ratio():
-    class Item:
-        user_properties = []
-
+def _bare_verdict():
+    """A Verdict without a pytest item or claim: only its comparison helpers are exercised."""
     v = plugin.Verdict.__new__(plugin.Verdict)
-    v.item, v.evidence, v.mechanisms, v.observed, v.summary = Item(), {}, {}, None, ""
+    v.item, v.evidence, v.mechanisms, v.observed, v.summary = None, {}, {}, None, ""
     v.claim, v.params, v.expect = type("C", (), {"id": "K01"}), {}, None
     v._publish = lambda: None
+    return v
+
+
+def test_within_broadcasts_and_reports_the_worst_ratio():
+    v = _bare_verdict()
     assert v.within("e", np.array([[1.0, 2.0]]), np.array([4.0, 2.0]))
     assert v.evidence["e"] == {"value": 2.0, "bound": 2.0, "ratio": 1.0}
     assert not v.within("z", np.array([0.0, 1e-30]), 0.0)  # a zero bound admits only exact zeros
@@ -145,12 +148,7 @@ def test_within_broadcasts_and_reports_the_worst_ratio():
 
 
 def test_ties_of_infinite_ratio_report_the_largest_value():
-    class Item:
-        user_properties = []
-
-    v = plugin.Verdict.__new__(plugin.Verdict)
-    v.item, v.evidence, v.mechanisms, v.observed, v.summary = Item(), {}, {}, None, ""
-    v._publish = lambda: None
+    v = _bare_verdict()
     assert v.beyond("moved", np.array([1.9e-9, 4.8e-3, 0.0]), 0.0)
     assert v.evidence["moved"] == {"value": 4.8e-3, "bound": 0.0, "ratio": "inf"}
 
