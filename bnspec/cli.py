@@ -77,6 +77,9 @@ def _parser() -> argparse.ArgumentParser:
     from bnspec import mutants  # no TensorFlow at import
 
     mutants.register(sub)
+    from bnspec import history  # no TensorFlow at import
+
+    history.register(sub)
     sub.add_parser("claims", help="list the claims in the registry")
     sub.add_parser("cache", help="show the cache directory, its models and its event log")
     return p
@@ -269,6 +272,10 @@ def main(argv: list[str] | None = None) -> int:
             from bnspec import mutants
 
             return mutants.run(args)
+        if args.command == "history":
+            from bnspec import history
+
+            return history.main(args)
         return {"report": _cmd_report, "data": _cmd_data, "train": _cmd_train, "claims": _cmd_claims,
                 "cache": _cmd_cache, "compare": _cmd_compare, "paper": _cmd_paper}[args.command](args)
     except BnspecError as exc:

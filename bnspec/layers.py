@@ -32,6 +32,7 @@ this module imports that backend.
 
 from __future__ import annotations
 
+import inspect
 from types import SimpleNamespace
 
 from bnspec import flavours
@@ -62,6 +63,10 @@ def _tf_ops():
 
 
 ops = keras.ops if _KERAS3 else _tf_ops()
+# What this Keras lets the layer do. Older Keras 3 releases lack them (3.0's add_weight has no
+# `autocast`, its keras.ops no custom_gradient); the cases that need them are not applicable there.
+AUTOCAST_OPT_OUT = (not _KERAS3) or "autocast" in inspect.signature(keras.layers.Layer.add_weight).parameters
+CUSTOM_GRADIENT = hasattr(ops, "custom_gradient")
 
 
 def _dtype(x) -> str:
@@ -152,7 +157,8 @@ class ExplicitBatchNorm(keras.layers.Layer):
 
     def _weight(self, name, shape, initializer, trainable):
         # float32 variables that stay float32 when read under a mixed policy (no autocast)
-        no_autocast = {"autocast": False} if _KERAS3 else {"experimental_autocast": False}
+        # (without AUTOCAST_OPT_OUT they autocast like any other variable: mixed precision is not supported)
+        no_autocast = ({"autocast": False} if AUTOCAST_OPT_OUT else {}) if _KERAS3 else {"experimental_autocast": False}
         return self.add_weight(name=name, shape=shape, initializer=initializer, trainable=trainable,
                                dtype="float32", **no_autocast)
 

@@ -151,6 +151,12 @@ def case_params(item) -> dict:
     return out
 
 
+def not_applicable(reason: str):
+    """Skip a case whose API does not exist on this Keras (a release before it was added): the claim
+    is *not applicable* there, which is neither a verdict nor a failure."""
+    pytest.skip(results.NOT_APPLICABLE + reason)
+
+
 def finite(name: str, values) -> np.ndarray:
     """`values` as a float64 array; raises NonFiniteMeasurement if any element is NaN or infinite."""
     arr = np.asarray(values, dtype=np.float64)

@@ -36,6 +36,7 @@ class Expect:
     why: str = ""
     mechanism: str = ""  # REFUTED rules: the name of the check (verdict.mechanism) that confirms `why`
     backend: str | None = None  # tensorflow | jax | torch | None (any)
+    change: str = ""  # with `versions`: the change (PR, commit) that starts this range, for the release timeline
 
     def __post_init__(self):
         if self.verdict not in VERDICTS:
@@ -43,18 +44,21 @@ class Expect:
         if self.verdict == REFUTED and not (self.why and self.mechanism):
             raise ValueError(f"an expected refutation needs why= and mechanism= (the check that confirms it): {self}")
         SpecifierSet(self.versions)  # validate early
+        if self.change and not self.versions:
+            raise ValueError(f"change= names what starts a version range: it needs versions= ({self})")
         for name, value in _conditions(self.case):
             if not name or not value:
                 raise ValueError(f"case {self.case!r}: write param=value[,param=value]")
 
-    def matches(self, flavour: str, version: str | None, params: dict, backend: str = "tensorflow") -> bool:
+    def matches(self, flavour: str, version: str | None, params: dict, backend: str = "tensorflow",
+                ignore_case: bool = False) -> bool:
         if self.flavour and self.flavour not in (flavour, FAMILY.get(flavour)):
             return False
         if self.backend and self.backend != backend:
             return False
         if self.versions and (version is None or Version(version) not in SpecifierSet(self.versions, prereleases=True)):
             return False
-        return all(str(params.get(name)) == value for name, value in _conditions(self.case))
+        return ignore_case or all(str(params.get(name)) == value for name, value in _conditions(self.case))
 
 
 @dataclass(frozen=True)

@@ -47,7 +47,7 @@ CLAIMS = (
         f"{NB} cells 55-56, 340 and 397",
         expected=(
             Expect(HOLDS, flavour="tfkeras", why="Keras 2: an explicit call argument beats the framework's flag"),
-            Expect(HOLDS, flavour="keras3", versions=KERAS316, why=HARDCODED_KERAS316),
+            Expect(HOLDS, flavour="keras3", versions=KERAS316, why=HARDCODED_KERAS316, change="keras#23364"),
             Expect(HOLDS, flavour="keras3", case="kind=subclassed", why="the flag is inside call(), out of reach"),
             Expect(HOLDS, flavour="keras3", case="entry=call", why="model(x) passes training=None"),
             Expect(REFUTED, flavour="keras3", why=HARDCODED_KERAS3_FUNCTIONAL, mechanism="hardcoded_layer_in_inference"),
@@ -62,7 +62,7 @@ CLAIMS = (
         f"{NB} cells 120-122 ('No change in model output between training = True and False')",
         expected=(
             Expect(HOLDS, flavour="tfkeras", why="the hard-coded layers stay in training mode and output beta"),
-            Expect(HOLDS, flavour="keras3", versions=KERAS316, why=HARDCODED_KERAS316),
+            Expect(HOLDS, flavour="keras3", versions=KERAS316, why=HARDCODED_KERAS316, change="keras#23364"),
             Expect(HOLDS, flavour="keras3", case="kind=subclassed", why="the flag is inside call(), out of reach"),
             Expect(REFUTED, flavour="keras3", why=HARDCODED_KERAS3_FUNCTIONAL, mechanism="hardcoded_layer_in_inference"),
         ),

@@ -31,7 +31,7 @@ CLAIMS = (
         expected=(
             Expect(HOLDS, flavour="tfkeras", why="Keras 2: an argument given to a layer call while building "
                    "the model beats the framework's training flag"),
-            Expect(HOLDS, flavour="keras3", versions=KERAS316,
+            Expect(HOLDS, flavour="keras3", versions=KERAS316, change="keras#23364",
                    why="keras-nightly 3.16.0.dev: arguments given while building a Functional model take "
                    "precedence again (PR #23364)"),
             Expect(HOLDS, flavour="keras3", case="kind=subclassed",
@@ -61,7 +61,7 @@ CLAIMS = (
         expected=(
             Expect(HOLDS, flavour="tfkeras", why="tf_keras enters and leaves the call context per layer: a "
                    "preprocessing layer's default never reaches the BN layer"),
-            Expect(HOLDS, flavour="keras3", versions=KERAS316,
+            Expect(HOLDS, flavour="keras3", versions=KERAS316, change="keras#23166",
                    why="keras-nightly 3.16.0.dev: a signature default is no longer propagated (PR #23166)"),
             Expect(HOLDS, flavour="keras3", case="entry=export_litert",
                    why="the LiteRT exporter calls the model with training=False explicitly"),

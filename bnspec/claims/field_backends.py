@@ -40,7 +40,7 @@ CLAIMS = (
         expected=(
             Expect(HOLDS, case="forwarding=explicit",
                    why="call() passes training=training to the BN, so the trainer's flag reaches it directly"),
-            Expect(HOLDS, flavour="keras3", versions=KERAS316,
+            Expect(HOLDS, flavour="keras3", versions=KERAS316, change="keras#23364",
                    why="from Keras 3.16 (seen in keras-nightly 3.16.0.dev) stateless_call enters the call context "
                        "with the trainer's training=True, which the unforwarded sublayer inherits"),
             Expect(REFUTED, flavour="keras3", backend="jax", mechanism="moving_unchanged", why=JAX_STATELESS_CALL),

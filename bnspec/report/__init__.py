@@ -8,6 +8,7 @@ returns markdown lines, or nothing when its input is absent:
   paper      reports/paper/results.json (bnspec paper)
   bench      reports/benchmarks/history/ (tox -e bench)
   mutants    reports/mutants/results.json (bnspec mutants)
+  timeline   reports/history/<job>.json (bnspec history): the verdict of every claim on every release
 
 `write` renders and writes; `check` renders from the committed inputs and compares with the
 committed pages (CI runs it: a page that is not what the code renders fails).
@@ -76,6 +77,9 @@ def render(docs: list[dict], out_dir: Path, fingerprint: str | None = None) -> d
     sums = {v.run_label(d): v.summarise(d, fp) for d in docs}
     lines = v.landing(docs, sums, fp)
     lines += v.surprises(docs, sums)
+    from bnspec.report import timeline  # "on my version?": right after the surprises
+
+    lines += timeline.section(timeline.load(out_dir), fp)
     lines += v.problems(docs, sums)
     lines += v.not_measured(docs, sums)
     lines += v.details(docs, sums)
@@ -100,7 +104,10 @@ def write(raw_dir: Path, out_dir: Path, log=print) -> Path:
     try:
         from bnspec.report import figure
 
+        from bnspec.report import timeline
+
         figure.verdict_matrix(docs, out_dir / "verdict_matrix.png")
+        timeline.figure(timeline.load(out_dir), out_dir / "history_timeline.png", provenance.fingerprint())
     except ImportError as exc:  # matplotlib is a dependency; a broken install still gets the markdown
         log(f"bnspec: no verdict_matrix.png ({exc})")
     _limits(report, log)

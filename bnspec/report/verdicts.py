@@ -37,17 +37,31 @@ def case_id(test: dict) -> str:
     return nodeid[nodeid.index("[") + 1 : -1] if "[" in nodeid else "-"
 
 
-def expected_now(test: dict, doc: dict) -> str | None:
-    """The case's expected verdict under the current registry (None if the claim no longer exists)."""
+def rule_now(test: dict, doc: dict):
+    """The case's expectation (an Expect) under the current registry (None if the claim no longer exists)."""
     claim = claims.BY_ID.get(test.get("claim"))
     if claim is None:
         return None
     env = doc["runs"][test["run"]]["environment"] if "run" in test else {}
     try:
         return claim.expectation(doc["flavour"], env.get("keras"), test.get("params", {}),
-                                 doc.get("backend") or "tensorflow").verdict
+                                 doc.get("backend") or "tensorflow")
     except LookupError:
         return None
+
+
+def expected_now(test: dict, doc: dict) -> str | None:
+    """The case's expected verdict under the current registry (None if the claim no longer exists)."""
+    rule = rule_now(test, doc)
+    return rule.verdict if rule else None
+
+
+def mechanism_confirmed(test: dict, mechanism: str) -> bool:
+    """Whether the case's test confirmed `mechanism` (the one the *current* expectation names, so a rule
+    added after the run is checked against what the run recorded, not against the run's own flag)."""
+    if "mechanisms" not in test:  # results recorded before the mechanisms were stored
+        return not test.get("mechanism_failed")
+    return bool(test["mechanisms"].get(mechanism, {}).get("confirmed"))
 
 
 def case_status(test: dict, doc: dict | None) -> str:
@@ -57,8 +71,12 @@ def case_status(test: dict, doc: dict | None) -> str:
     observed = test.get("observed")
     if observed is None:
         return ERROR
-    want = expected_now(test, doc) if doc is not None else test.get("expected")
-    if observed != want or test.get("mechanism_failed"):
+    if doc is None:  # the run's own view (terminal summary)
+        return UNEXPECTED if observed != test.get("expected") or test.get("mechanism_failed") else observed
+    rule = rule_now(test, doc)
+    if rule is None or observed != rule.verdict:
+        return UNEXPECTED
+    if observed == REFUTED and not mechanism_confirmed(test, rule.mechanism):
         return UNEXPECTED
     return observed
 
@@ -203,20 +221,6 @@ def surprises(docs: list[dict], sums: dict[str, dict]) -> list[str]:
         "conclusions on TF 2.1 are not always what today's Keras does).") + [""] + out + [""]
 
 
-def _example(c, docs, sums) -> str:
-    for d in docs:
-        s = sums[run_label(d)][c.id]
-        for case, status, t in s["cases"]:
-            if status in (REFUTED, UNEXPECTED, ERROR):
-                why = ""
-                if status == REFUTED:
-                    rule = c.expectation(d["flavour"], d["runs"][t["run"]]["environment"].get("keras"),
-                                         t.get("params", {}), d.get("backend") or "tensorflow")
-                    why = f" Why: {rule.why}."
-                return f"Measured on {run_label(d)} [{case}]: {clip(t.get('summary') or t.get('message'), 160)}.{clip(why, 140)}"
-    return ""
-
-
 def not_measured(docs: list[dict], sums: dict[str, dict]) -> list[str]:
     keys = [run_label(d) for d in docs]
     rows = []
@@ -246,10 +250,8 @@ def problems(docs: list[dict], sums: dict[str, dict]) -> list[str]:
 
 
 def details(docs: list[dict], sums: dict[str, dict]) -> list[str]:
-    keys = [run_label(d) for d in docs]
-    lines = ["## The claims", "", "Per claim: the statement and, where a verdict is not 'holds', one measured case; "
-             "the verdicts per run are in the matrix above, the source and every case's numbers in "
-             "[EVIDENCE.md](EVIDENCE.md).", ""]
+    lines = ["## The claims", "", "Per claim: the statement; the verdicts per run are in the matrix above, per release in "
+             "*Across releases*, the source and every case's numbers in [EVIDENCE.md](EVIDENCE.md).", ""]
     by_topic = defaultdict(list)
     for c in claims.CLAIMS:
         by_topic[c.topic].append(c)
@@ -257,24 +259,10 @@ def details(docs: list[dict], sums: dict[str, dict]) -> list[str]:
         lines += [f"### {claims.TOPICS[topic]}", "", f"Tests: `tests/claims/test_{topic}.py`.", ""]
         for c in cs:
             lines += [f'<a id="{anchor(c.id)}"></a>']
-            # the verdicts per run are the matrix's row: here the statement, one measured case, the evidence
+            # the verdicts per run are the matrix's row, the measured cases are in EVIDENCE.md: here the statement
             lines += wrap(f"**{c.id} — {esc(c.title)}.** {esc(c.statement)} [Source and evidence](EVIDENCE.md#{anchor(c.id)}).")
-            if any(sums[k][c.id]["status"] not in (HOLDS, UNMEASURED) for k in keys):  # the surprising ones
-                shown = next((h for h in (_headline(sums[k][c.id], k) for k in keys) if h), "")
-                if shown:
-                    lines += wrap(f"e.g. {shown}")
             lines.append("")
     return lines
-
-
-def _headline(s: dict, key: str) -> str:
-    """One measured case of a run: a refuted or broken one if any, else the first."""
-    order = {UNEXPECTED: 0, ERROR: 1, REFUTED: 2, HOLDS: 3}
-    cases = sorted((c for c in s["cases"] if c[1] != UNMEASURED), key=lambda c: order.get(c[1], 9))
-    if not cases:
-        return ""
-    case, status, t = cases[0]
-    return esc(f"{key} [{case}] {status}: {clip(t.get('summary') or t.get('message'), 170)}")
 
 
 def environment(docs: list[dict], fingerprint: str) -> list[str]:

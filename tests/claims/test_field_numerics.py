@@ -509,7 +509,7 @@ C22_STEPS, C22_MOMENTUM, C22_STD = 50, 0.9, (0.5, 2.0)
 @pytest.mark.claim("C22")
 def test_renorm_moving_variance_is_ema_of_variances(verdict, keras, rng):
     m, units, rows = C22_MOMENTUM, 8, 64
-    layer = keras.layers.BatchNormalization(momentum=m, renorm=True)
+    layer = probes.bn_layer(keras, momentum=m, renorm=True)
     layer.build((None, units))
     eps = float(layer.epsilon)
     v0 = _np(keras, layer.moving_variance)
@@ -591,6 +591,14 @@ def test_mask_is_honoured_for_4d_inputs(verdict, keras, rng, mask_shape):
                    masked_fraction=float(1 - full.mean()))
     verdict.mechanism("mask_ignored", ignored, "outputs and moving mean " + ("equal" if ignored else "differ from")
                       + " the statistics of every position" + (f"; warned: {messages[0]}" if messages else ""))
+    # the mechanism of Keras 3 before the masked-moments broadcast fix (seen on 3.0.5): a (B, H, 1) mask is
+    # summed as it is, not broadcast over W first, so the count of kept steps misses the W axis and the
+    # (correctly weighted) sum is divided by 1/W of it: the mean comes out W times the unmasked mean
+    w_axis = dims[2] if mask_shape == "bh1" else 1
+    undercount = w_axis > 1 and verdict.within("moving_mean_vs_w_times_unmasked_mean", mm - w_axis * mean,
+                                               w_axis * _ema_bound(s["mean"], mean, d_mean, 0.0))
+    verdict.mechanism("mask_count_not_broadcast", undercount,
+                      f"moving mean {'equals' if undercount else 'is not'} {w_axis} x the unmasked mean")
     e = verdict.evidence["unmasked_outputs"]
     verdict.conclude(ok, f"mask {mask_shape} on 8x5x5x4: unmasked outputs vs unmasked statistics max err "
                          f"{e['value']:.2e} (bound {e['bound']:.1e}); moving mean {float(mm.mean()):.3f} (unmasked "
@@ -623,7 +631,7 @@ def test_fractional_mask_weights_steps(verdict, keras, rng):
     wm, wv, wout, wb, wbm, wbv = results["weighted"]
     bm, bv, bout, bb, bbm, bbv = results["binarised"]
     verdict.power("binarised_alternative_mean", bm - wm, wbm + bbm)
-    ok = verdict.within("moving_mean_vs_weighted", mm - wm, wbm)
+    ok = mean_weighted = verdict.within("moving_mean_vs_weighted", mm - wm, wbm)
     ok &= verdict.within("moving_variance_vs_weighted", mv - wv, wbv)
     ok &= verdict.within("outputs_vs_weighted", y - wout, wb)
     binarised = verdict.within("moving_mean_vs_binarised", mm - bm, bbm)
@@ -631,6 +639,15 @@ def test_fractional_mask_weights_steps(verdict, keras, rng):
     binarised &= verdict.within("outputs_vs_binarised", y - bout, bb)
     verdict.mechanism("mask_binarised", binarised, "statistics and outputs " + ("equal" if binarised else "differ from")
                       + " the unweighted statistics of the steps with a non-zero mask")
+    # the mechanism of older Keras 3 releases (seen on 3.0.5): the variance is sum w (w x - mean)^2 / sum w,
+    # the weight applied to x a second time inside the square; the mean is the weighted one
+    w64 = np.broadcast_to(w.astype(np.float64)[..., None], dims).reshape(-1, units)
+    wx = w64 * np.where(w64 > 0, xs.astype(np.float64), 0.0)
+    v2 = (w64 * (wx - wm) ** 2).sum(axis=0) / w64.sum(axis=0)
+    d_v2 = _weighted_stats(wx.reshape(dims), w)[3] + 2 * np.sqrt(v2) * (wbm)  # the sum's rounding + the mean's error
+    twice = verdict.within("moving_variance_vs_weight_twice", mv - v2, _ema_bound(s["var"], v2, d_v2, 0.0))
+    verdict.mechanism("mask_weight_twice_in_variance", twice and mean_weighted,
+                      f"moving variance {'equals' if twice else 'differs from'} sum w (w x - mean)^2 / sum w")
     verdict.conclude(ok, f"mask with 0.5s: moving mean {np.round(mm, 4).tolist()}, weighted "
                          f"{np.round(wm, 4).tolist()}, binarised {np.round(bm, 4).tolist()}")
 

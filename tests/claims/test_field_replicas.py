@@ -248,6 +248,9 @@ def test_replica_training_saves_and_serves_one_average(verdict, read, synchroniz
     # served: the same 8 queries as rows 0-7 (replica 0) and 8-15 (replica 1) of one global batch
     gamma, beta = _a(r["gamma"]), _a(r["beta"])
     served = _a(r["served"])
+    if served.shape != (2 * HALF,) + xq.shape[1:]:
+        pytest.fail(f"model.predict under the strategy returned shape {served.shape}, not {(2 * HALF,) + xq.shape[1:]}: "
+                    "there is no served output to compare")
     mean_s, var_s = _a(r["read_mean"]), _a(r["read_var"])  # what the saved model normalises with
     ref = reference.bn_inference(xq, gamma, beta, mean_s, var_s, eps)
     bound = reference.bn_bound(xq, gamma, beta, mean_s, var_s, eps)

@@ -167,3 +167,23 @@ def test_b(verdict):
     doc = json.loads((pytester.path / "reports" / "raw" / "keras3.json").read_text())
     (run,) = doc["runs"].values()
     assert run["selection"]["partial"] is True and run["selection"]["unfinished"] is True
+
+
+def test_not_applicable_is_a_skip_the_timeline_can_tell_from_others(pytester):
+    res = _run(pytester, """
+from bnspec.plugin import not_applicable
+
+@pytest.mark.claim("K12")
+@pytest.mark.parametrize("why", ["api", "other"])
+def test_k12(verdict, why):
+    if why == "api":
+        not_applicable("this Keras' BatchNormalization has no renorm argument")
+    pytest.skip("no GPU visible")
+""")
+    res.assert_outcomes(skipped=2)
+    doc = json.loads((pytester.path / "reports" / "raw" / "keras3.json").read_text())
+    by_case = {t["params"]["why"]: t for t in doc["tests"]}
+    from bnspec import results
+
+    assert by_case["api"]["message"] == "not applicable: this Keras' BatchNormalization has no renorm argument"
+    assert results.not_applicable(by_case["api"]) and not results.not_applicable(by_case["other"])

@@ -1,0 +1,287 @@
+"""The release timeline: per claim, the verdict observed on every Keras release that `bnspec history`
+measured (reports/history/<job>.json), the release where it flipped and the change behind the flip.
+No TensorFlow.
+
+Per claim and release the cases fold into what was *observed* (not what was expected):
+  holds / refuted / mixed   the measured cases' verdicts (mixed: some hold, some are refuted)
+  n/a                       every case skipped as not applicable (the API does not exist in that release)
+  error                     a case broke before concluding and none concluded
+  unmeasured                skipped for another reason; `not installable` when the release would not install
+A claim *flips* between two consecutive measured releases when its status or the verdict of any case
+changes. A cell is marked ‼ when a case contradicts the claim's expectation for that release, so the
+table is also the check that every `versions=` range in bnspec/claims/ matches the measurements.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+from bnspec import claims, history, results
+from bnspec.report import verdicts as v
+
+NA, NOT_INSTALLABLE = "n/a", "not installable"
+SYMBOL = {v.HOLDS: "✓", v.REFUTED: "✗", v.MIXED: "◐", v.ERROR: "⚠", v.UNMEASURED: "·", NA: "–", NOT_INSTALLABLE: "∅"}
+LEGEND = ("✓ holds · ✗ refuted · ◐ holds for some cases, refuted for others · – not applicable (the API does not exist "
+          "in that release) · ⚠ error · · unmeasured · ∅ the release did not install · ‼ a case contradicts the "
+          "claim's expectation for that release · † measured by older code")
+FAMILY_TITLE = {"keras3": "Keras 3 (TensorFlow backend, TensorFlow 2.21)", "tfkeras": "tf_keras (each over its own TensorFlow)"}
+
+
+def load(out_dir: Path) -> list[dict]:
+    """reports/history/*.json in catalogue order, or [] when there is no history."""
+    d = Path(out_dir) / "history"
+    return history.load(d) if d.is_dir() and any(d.glob("*.json")) else []
+
+
+def family(doc: dict) -> str:
+    return "tfkeras" if doc["flavour"] == "tfkeras" else "keras3"
+
+
+def release(doc: dict) -> str:
+    return doc.get("release") or _env(doc).get("keras") or "?"
+
+
+def column(doc: dict) -> str:
+    """A short column title: the minor version (3.8), `nightly` for keras-nightly."""
+    if doc["flavour"] == "keras-nightly":
+        return "nightly"
+    return ".".join(release(doc).split(".")[:2])
+
+
+def _env(doc: dict) -> dict:
+    runs = doc.get("runs") or {}
+    return runs[sorted(runs)[-1]]["environment"] if runs else {}
+
+
+def observed(doc: dict) -> dict[str, dict]:
+    """claim id -> {status, signature, unexpected} for one release's document."""
+    by_claim = defaultdict(list)
+    for t in doc.get("tests", []):
+        if t.get("claim"):
+            by_claim[t["claim"]].append(t)
+    out = {}
+    for c in claims.CLAIMS:
+        tests = by_claim.get(c.id, [])
+        if doc.get("install_error"):
+            out[c.id] = {"status": NOT_INSTALLABLE, "signature": None, "unexpected": False}
+            continue
+        measured = [t for t in tests if t["outcome"] in results.MEASURED]
+        concluded = sorted((v.case_id(t), t["observed"]) for t in measured if t.get("observed"))
+        kinds = {o for _, o in concluded}
+        if concluded:
+            status = kinds.pop() if len(kinds) == 1 else v.MIXED
+        elif measured:
+            status = v.ERROR
+        elif tests and all(results.not_applicable(t) for t in tests):
+            status = NA
+        else:
+            status = v.UNMEASURED
+        unexpected = any(v.case_status(t, doc) == v.UNEXPECTED for t in measured)
+        out[c.id] = {"status": status, "signature": (status, tuple(concluded)), "unexpected": unexpected}
+    return out
+
+
+def _comparable(o: dict) -> bool:
+    return o["status"] not in (v.UNMEASURED, NOT_INSTALLABLE)
+
+
+def changed(a: dict, b: dict) -> bool:
+    """Whether the verdict changed between two observations: the claim's status, or the verdict of a case
+    concluded in both (a case that is only measured in one of them, e.g. not applicable in the other, is
+    not a change by itself)."""
+    if a["status"] != b["status"]:
+        return True
+    va, vb = dict(a["signature"][1]), dict(b["signature"][1])
+    return any(va[k] != vb[k] for k in va.keys() & vb.keys())
+
+
+def flips(row: list[tuple[dict, dict]]) -> list[tuple[dict, dict]]:
+    """(document, observation) pairs where the claim's observation differs from the previous comparable one."""
+    out, prev = [], None
+    for doc, o in row:
+        if not _comparable(o):
+            continue
+        if prev is not None and changed(prev, o):
+            out.append((doc, o))
+        prev = o
+    return out
+
+
+def cause(claim: claims.Claim, doc: dict) -> str:
+    """The change a claim's expectations name for the range starting at this release (`Expect.change`)."""
+    version = release(doc)
+    for rule in claim.expected:
+        if rule.change and rule.versions and rule.matches(doc["flavour"], version, {}, doc.get("backend") or "tensorflow",
+                                                          ignore_case=True):
+            return rule.change
+    return ""
+
+
+def table(docs: list[dict], fingerprint: str | None) -> dict:
+    """Everything the section and the figure draw: per family, the columns and the rows that flip."""
+    obs = {d["job"]: observed(d) for d in docs}
+    out = {}
+    for fam in history.FAMILIES:
+        fdocs = [d for d in docs if family(d) == fam]
+        if not fdocs:
+            continue
+        rows, stable = [], []
+        for c in claims.CLAIMS:
+            row = [(d, obs[d["job"]][c.id]) for d in fdocs]
+            fl = flips(row)
+            if fl or any(o["unexpected"] for _, o in row):  # a stable row that contradicts its claim shows too
+                rows.append((c, row, fl))
+            if not fl and any(_comparable(o) for _, o in row):
+                stable.append(c.id)
+        stale = {d["job"] for d in fdocs if fingerprint and any(
+            r["code"]["fingerprint"] != fingerprint for r in (d.get("runs") or {}).values())}
+        out[fam] = {"docs": fdocs, "rows": rows, "stable": stable, "stale": stale}
+    return out
+
+
+def _cell(o: dict) -> str:
+    return SYMBOL[o["status"]] + ("‼" if o["unexpected"] else "")
+
+
+def section(docs: list[dict], fingerprint: str | None) -> list[str]:
+    if not docs:
+        return []
+    t = table(docs, fingerprint)
+    n = {fam: len(t[fam]["docs"]) for fam in t}
+    changing = sorted({c.id for fam in t for c, _, fl in t[fam]["rows"] if fl})
+    stable_all = [c.id for c in claims.CLAIMS if c.id not in changing and all(c.id in t[fam]["stable"] for fam in t)]
+    unexpected = sorted({c.id for fam in t for c, row, _ in t[fam]["rows"] for _, o in row if o["unexpected"]})
+    lines = ["## Across releases: on my version?", ""]
+    lines += v.wrap(
+        f"**{len(changing)} claims change verdict somewhere in the history; {len(stable_all)} are the same on every "
+        f"release.** Measured by `bnspec history` on " + " and ".join(f"{n[f]} {FAMILY_TITLE[f].split(' (')[0]} releases"
+                                                                      for f in t)
+        + (f"; cases that contradict their expectation: {', '.join(unexpected)}." if unexpected else
+           "; every measured case agrees with its claim's expectation for that release.")
+        + " Raw results: [history/](history/); as an image: [history_timeline.png](history_timeline.png).")
+    lines.append("")
+    for fam, part in t.items():
+        cols = [column(d) + ("†" if d["job"] in part["stale"] else "") for d in part["docs"]]
+        lines += [f"**{FAMILY_TITLE[fam]}**: " + ", ".join(
+            f"{column(d)} = {release(d)}" + (f" over TF {d.get('tensorflow_release')}" if fam == "tfkeras" else "")
+            for d in part["docs"]) + ".", ""]
+        if part["rows"]:  # the claims that flip, and any that contradict their expectation
+            lines += ["| claim | " + " | ".join(cols) + " | flips at | change |", "|---|" + "---|" * (len(cols) + 2)]
+            for c, row, fl in part["rows"]:
+                at = ", ".join(f"{column(d)} ({_cell(prev_of(row, d))}→{_cell(o)})" for d, o in fl) or "—"
+                why = "; ".join(sorted({x for d, _ in fl for x in [cause(c, d)] if x})) or "—"
+                lines.append(f"| [{c.id}](#{v.anchor(c.id)}) | " + " | ".join(_cell(o) for _, o in row) + f" | {at} | {why} |")
+            lines.append("")
+        else:
+            lines += ["No claim changes verdict across these releases.", ""]
+    lines += v.wrap(f"Stable across every release: {', '.join(stable_all)}.") + [""]
+    lines += v.wrap(LEGEND + ".") + [""]
+    return lines
+
+
+def prev_of(row: list[tuple[dict, dict]], doc: dict) -> dict:
+    """The comparable observation before `doc` in the row."""
+    prev = None
+    for d, o in row:
+        if d is doc:
+            return prev
+        if _comparable(o):
+            prev = o
+    raise LookupError(doc["job"])
+
+
+COLOURS = {v.HOLDS: "#4caf50", v.REFUTED: "#9e9e9e", v.MIXED: "#90caf9", v.ERROR: "#ff9800", v.UNMEASURED: "#ffffff",
+           NA: "#eeeeee", NOT_INSTALLABLE: "#000000"}
+
+
+def figure(docs: list[dict], target: Path, fingerprint: str | None) -> Path | None:
+    """history_timeline.png: the claims that flip (rows) x every release (columns), coloured by verdict."""
+    if not docs:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    t = table(docs, fingerprint)
+    cols = [d for fam in t for d in t[fam]["docs"]]
+    ids = sorted({c.id for fam in t for c, _, _ in t[fam]["rows"]}, key=[c.id for c in claims.CLAIMS].index)
+    obs = {d["job"]: observed(d) for d in cols}
+    fig, ax = plt.subplots(figsize=(2.6 + 0.42 * len(cols), 0.26 * max(len(ids), 1) + 1.6))
+    for i, cid in enumerate(ids):
+        for j, d in enumerate(cols):
+            o = obs[d["job"]][cid]
+            ax.add_patch(plt.Rectangle((j, i), 1, 1, facecolor=COLOURS[o["status"]], edgecolor="#bdbdbd", lw=0.5))
+            ax.text(j + 0.5, i + 0.55, _cell(o), ha="center", va="center", fontsize=7,
+                    color="white" if o["status"] == NOT_INSTALLABLE else "black")
+    ax.set_xlim(0, len(cols))
+    ax.set_ylim(max(len(ids), 1), 0)
+    labels = [("tf_keras " if family(d) == "tfkeras" else "") + column(d) for d in cols]
+    ax.set_xticks([j + 0.5 for j in range(len(cols))], labels, fontsize=7, rotation=60, ha="left")
+    ax.xaxis.tick_top()
+    titles = {c.id: c.title for c in claims.CLAIMS}
+    ax.set_yticks([i + 0.5 for i in range(len(ids))], [f"{cid} {titles[cid][:36]}" for cid in ids], fontsize=7)
+    ax.tick_params(length=0)
+    for side in ax.spines.values():
+        side.set_visible(False)
+    ax.legend(handles=[Patch(facecolor=col, edgecolor="#bdbdbd", label=name) for name, col in COLOURS.items()],
+              loc="upper center", bbox_to_anchor=(0.5, -0.002), ncol=4, fontsize=7, frameon=False)
+    fig.tight_layout()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(target)
+    return target
+
+
+# --------------------------------------------------------------------------- version ranges vs the history
+
+def _case_matches(rule, params: dict) -> bool:
+    from bnspec.claims._model import _conditions
+
+    return all(str(params.get(n)) == val for n, val in _conditions(rule.case))
+
+
+def range_problems(claim: claims.Claim, rule, docs: list[dict]) -> list[str]:
+    """Why the history does not back `rule.versions` (empty when it does): the range must contain a measured
+    release, and at each of its boundaries inside the history the verdict of the rule's cases must change,
+    i.e. the release just outside the range observes something other than `rule.verdict` (or the claim is not
+    applicable there). A range that could be widened, or that starts one release late, is a problem."""
+    from packaging.specifiers import SpecifierSet
+    from packaging.version import Version
+
+    spec = SpecifierSet(rule.versions, prereleases=True)
+    fams = ["tfkeras"] if rule.flavour == "tfkeras" else ["keras3"] if rule.flavour else list(history.FAMILIES)
+    problems = []
+    for fam in fams:
+        seq = sorted((d for d in docs if family(d) == fam and not d.get("install_error")
+                      and (rule.flavour != "keras-nightly" or d["flavour"] == "keras-nightly")
+                      and (d.get("backend") or "tensorflow") == (rule.backend or "tensorflow")),
+                     key=lambda d: Version(release(d)))
+        if not seq:
+            continue
+
+        def verdicts_at(d):
+            ts = [t for t in d["tests"] if t.get("claim") == claim.id and _case_matches(rule, t.get("params", {}))]
+            if ts and all(results.not_applicable(t) for t in ts):
+                return {NA}
+            return {t["observed"] for t in ts if t["outcome"] in results.MEASURED and t.get("observed")}
+
+        inside = [Version(release(d)) in spec for d in seq]
+        if not any(inside):
+            problems.append(f"{claim.id} versions={rule.versions!r}: no measured {fam} release in the range")
+            continue
+        for i, d in enumerate(seq):
+            if not inside[i]:
+                continue
+            for j in (i - 1, i + 1):  # a neighbour outside the range: the verdict must differ there
+                if 0 <= j < len(seq) and not inside[j]:
+                    there = verdicts_at(seq[j])
+                    if there and there <= {rule.verdict}:
+                        problems.append(
+                            f"{claim.id} versions={rule.versions!r} ({rule.verdict}): {release(seq[j])}, just outside "
+                            f"the range, observes {rule.verdict} too; the boundary is not where the verdict changes")
+    return problems

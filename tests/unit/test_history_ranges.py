@@ -1,0 +1,55 @@
+"""The committed release history (reports/history/, `bnspec history`) backs the claims' expectations:
+it covers the catalogue, every `versions=` range in bnspec/claims/ starts and ends where the measured
+verdict changes (bnspec.report.timeline.range_problems), and no measured release contradicts the
+expectation its claims give for it. No TensorFlow: these read the committed results."""
+
+from pathlib import Path
+
+import pytest
+
+from bnspec import claims, history, results
+from bnspec.report import timeline
+from bnspec.report import verdicts as v
+
+HISTORY = Path(__file__).resolve().parents[2] / "reports" / "history"
+DOCS = history.load(HISTORY) if HISTORY.is_dir() else []
+RANGED = [(c, i, r) for c in claims.CLAIMS for i, r in enumerate(c.expected) if r.versions]
+
+
+def _measured(flavours):
+    return [d for d in DOCS if d["flavour"] in flavours and not d.get("install_error") and d["tests"]]
+
+
+def test_history_covers_at_least_14_keras3_and_5_tf_keras_releases():
+    k3 = {timeline.release(d) for d in _measured(("keras3", "keras-nightly"))}
+    tfk = {timeline.release(d) for d in _measured(("tfkeras",))}
+    assert len(k3) >= 14 and len(tfk) >= 5, f"reports/history has {len(k3)} Keras 3 and {len(tfk)} tf_keras releases"
+
+
+def test_history_results_are_complete_runs():
+    for d in DOCS:
+        if d.get("install_error"):
+            continue
+        (run,) = d["runs"].values()  # one run per release: `bnspec history` writes a fresh document
+        assert not run["selection"]["partial"], d["job"]
+        assert run["environment"]["keras"] == timeline.release(d), d["job"]  # what ran is the release named
+
+
+@pytest.mark.parametrize("claim,index,rule", RANGED, ids=[f"{c.id}-rule{i}" for c, i, _ in RANGED])
+def test_version_range_boundaries_are_where_the_verdict_changes(claim, index, rule):
+    assert not (problems := timeline.range_problems(claim, rule, DOCS)), "\n".join(problems)
+
+
+def test_there_are_version_ranges_to_check():
+    assert len(RANGED) >= 5  # the meta-check: the parametrisation above is not empty
+
+
+def test_no_measured_release_contradicts_an_expectation():
+    bad = []
+    for d in DOCS:
+        for t in d.get("tests", []):
+            if t.get("claim") and t["outcome"] in results.MEASURED and v.case_status(t, d) == v.UNEXPECTED:
+                want = v.expected_now(t, d)
+                bad.append(f"{d['job']}: {t['nodeid']} observed {t.get('observed')}, expected {want}"
+                           + (" (mechanism not confirmed)" if t.get("mechanism_failed") else ""))
+    assert not bad, f"{len(bad)} cases contradict their claims' expectations:\n" + "\n".join(bad[:40])
