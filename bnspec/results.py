@@ -132,9 +132,19 @@ def merge_run(old: dict | None, new: dict) -> dict:
 
 
 def verdicts(doc: dict) -> dict[str, tuple]:
-    """The verdict table of one document: nodeid -> (outcome, observed). Evidence numbers are left
-    out on purpose: they may move in the last digits (e.g. an unseeded fit), verdicts may not."""
-    return {t["nodeid"]: (t["outcome"], t.get("observed")) for t in doc["tests"]}
+    """The verdict table of one document: nodeid -> (what happened, observed verdict, the mechanisms a
+    refutation confirmed). What happened is "concluded" for a case that reached a verdict, whether or not
+    it matched the expectation of its day (passed/failed depend on the claims' expectations, which may be
+    edited after a run; the observation may not change), else the outcome (skipped, failed, error).
+    Evidence numbers are left out on purpose: they may move in the last digits (e.g. an unseeded fit),
+    verdicts may not."""
+    table = {}
+    for t in doc["tests"]:
+        observed = t.get("observed")
+        mechs = tuple(sorted(n for n, m in (t.get("mechanisms") or {}).items() if m.get("confirmed"))) \
+            if observed == "refuted" else ()
+        table[t["nodeid"]] = ("concluded" if observed else t["outcome"], observed, mechs)
+    return table
 
 
 def compare(a: list[dict], b: list[dict]) -> list[str]:
@@ -149,6 +159,6 @@ def compare(a: list[dict], b: list[dict]) -> list[str]:
         for nodeid in sorted(va.keys() | vb.keys()):
             x, y = va.get(nodeid), vb.get(nodeid)
             if x != y:
-                fmt = lambda v: "absent" if v is None else "/".join(str(p) for p in v)  # noqa: E731
+                fmt = lambda v: "absent" if v is None else f"{v[0]}/{v[1]}" + (f" ({', '.join(v[2])})" if v[2] else "")  # noqa: E731
                 lines.append(f"{k}: {nodeid}: {fmt(x)} vs {fmt(y)}")
     return lines

@@ -50,15 +50,14 @@ class Expect:
             if not name or not value:
                 raise ValueError(f"case {self.case!r}: write param=value[,param=value]")
 
-    def matches(self, flavour: str, version: str | None, params: dict, backend: str = "tensorflow",
-                ignore_case: bool = False) -> bool:
+    def matches(self, flavour: str, version: str | None, params: dict, backend: str = "tensorflow") -> bool:
         if self.flavour and self.flavour not in (flavour, FAMILY.get(flavour)):
             return False
         if self.backend and self.backend != backend:
             return False
         if self.versions and (version is None or Version(version) not in SpecifierSet(self.versions, prereleases=True)):
             return False
-        return ignore_case or all(str(params.get(name)) == value for name, value in _conditions(self.case))
+        return all(str(params.get(name)) == value for name, value in _conditions(self.case))
 
 
 @dataclass(frozen=True)

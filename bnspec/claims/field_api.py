@@ -63,6 +63,11 @@ CLAIMS = (
                    "preprocessing layer's default never reaches the BN layer"),
             Expect(HOLDS, flavour="keras3", versions=KERAS316, change="keras#23166",
                    why="keras-nightly 3.16.0.dev: a signature default is no longer propagated (PR #23166)"),
+            *(Expect(HOLDS, flavour="keras3", versions="<3.6", case=f"preproc={name}", change="keras@20c67d6bc2",
+                     why=f"before Keras 3.6 {name} is a plain layer without a training argument; from 3.6 (commit "
+                         "20c67d6, no PR) it is a BaseImagePreprocessingLayer whose call(data, training=True) default "
+                         "reaches the BN layer")
+              for name in ("CenterCrop", "Resizing")),
             Expect(HOLDS, flavour="keras3", case="entry=export_litert",
                    why="the LiteRT exporter calls the model with training=False explicitly"),
             Expect(REFUTED, flavour="keras3", mechanism="bn_training_mode",

@@ -144,6 +144,10 @@ CLAIMS = (
                    why="tf_keras weights the inputs by the mask (tf.nn.weighted_moments multiplies x by the "
                        "frequency weights), and NaN x 0 = NaN: every feature holding a masked NaN gets NaN batch "
                        "and moving statistics"),
+            Expect(REFUTED, flavour="keras3", versions="<3.15", case="part=masked_nan", mechanism="masked_nan_propagates",
+                   change="keras#22392",
+                   why="before Keras 3.15 (PR #22392) the mask multiplies the inputs (NaN x 0 = NaN), so a masked "
+                       "NaN reaches the batch and moving statistics of its feature"),
             Expect(HOLDS, why="a batch statistic sums over the batch, so one NaN reaches every example of its "
                               "feature and the moving statistics, and nothing resets them; Keras 3.15+ selects "
                               "unmasked values with ops.where, so masked NaNs never enter a sum"),
@@ -242,6 +246,11 @@ CLAIMS = (
         "masks broadcast over a non-feature axis)",
         expected=(
             Expect(REFUTED, flavour="tfkeras", mechanism="mask_ignored", why=FUSED_IGNORES_MASK),
+            Expect(REFUTED, flavour="keras3", versions="<3.9", case="mask_shape=bh1", mechanism="mask_count_not_broadcast",
+                   change="keras#20815",
+                   why="before Keras 3.9 (PR #20815) the mask's weights are summed as given, not broadcast to the "
+                       "input's shape: a (B, H, 1) mask counts each kept (b, h) once instead of W times, so the "
+                       "mean comes out W times too large"),
             Expect(HOLDS, why="Keras 3 applies the mask for any input rank (broadcast to the input's shape)"),
         ),
         note=("x: 8 x 5 x 5 x 4 (NHWC), masked positions set to 50.0 so that an ignored mask moves the "
@@ -262,6 +271,11 @@ CLAIMS = (
         expected=(
             Expect(HOLDS, flavour="tfkeras", why="tf_keras passes the mask as frequency weights to "
                                                  "tf.nn.weighted_moments"),
+            Expect(REFUTED, flavour="keras3", versions="<3.15", mechanism="mask_weight_twice_in_variance",
+                   change="keras#22392",
+                   why="Keras 3.0-3.14 compute the variance as sum(w (w x - mean)^2) / sum(w): the weight multiplies "
+                       "x a second time inside the square (the mean is the weighted one), which only 0/1 masks "
+                       "survive"),
             Expect(REFUTED, flavour="keras3", mechanism="mask_binarised", why=KERAS315_BOOL_MASK),
         ),
         note=("x: 4 x 6 x 2, mask 0.5 on half the steps, 1 on most others and 0 on one; momentum 0, so the "

@@ -67,8 +67,9 @@ def observed(doc: dict) -> dict[str, dict]:
             out[c.id] = {"status": NOT_INSTALLABLE, "signature": None, "unexpected": False}
             continue
         measured = [t for t in tests if t["outcome"] in results.MEASURED]
-        concluded = sorted((v.case_id(t), t["observed"]) for t in measured if t.get("observed"))
-        kinds = {o for _, o in concluded}
+        # per case: the verdict and, for a refutation, the mechanisms the test confirmed (why it is refuted)
+        concluded = sorted((v.case_id(t), (t["observed"], _mechanisms(t))) for t in measured if t.get("observed"))
+        kinds = {o for _, (o, _m) in concluded}
         if concluded:
             status = kinds.pop() if len(kinds) == 1 else v.MIXED
         elif measured:
@@ -82,14 +83,20 @@ def observed(doc: dict) -> dict[str, dict]:
     return out
 
 
+def _mechanisms(test: dict) -> tuple[str, ...]:
+    if test.get("observed") != v.REFUTED:
+        return ()
+    return tuple(sorted(name for name, m in (test.get("mechanisms") or {}).items() if m.get("confirmed")))
+
+
 def _comparable(o: dict) -> bool:
     return o["status"] not in (v.UNMEASURED, NOT_INSTALLABLE)
 
 
 def changed(a: dict, b: dict) -> bool:
     """Whether the verdict changed between two observations: the claim's status, or the verdict of a case
-    concluded in both (a case that is only measured in one of them, e.g. not applicable in the other, is
-    not a change by itself)."""
+    concluded in both, or the mechanism that refutes it (a case that is only measured in one of them, e.g.
+    not applicable in the other, is not a change by itself)."""
     if a["status"] != b["status"]:
         return True
     va, vb = dict(a["signature"][1]), dict(b["signature"][1])
@@ -108,14 +115,22 @@ def flips(row: list[tuple[dict, dict]]) -> list[tuple[dict, dict]]:
     return out
 
 
-def cause(claim: claims.Claim, doc: dict) -> str:
-    """The change a claim's expectations name for the range starting at this release (`Expect.change`)."""
-    version = release(doc)
+def cause(claim: claims.Claim, doc: dict, before: dict | None) -> str:
+    """The change (`Expect.change`) of a ranged expectation whose boundary lies between the release `before`
+    and `doc`: the range starts at `doc` or ends just before it."""
+    from packaging.specifiers import SpecifierSet
+
+    backend = doc.get("backend") or "tensorflow"
+    found = []
     for rule in claim.expected:
-        if rule.change and rule.versions and rule.matches(doc["flavour"], version, {}, doc.get("backend") or "tensorflow",
-                                                          ignore_case=True):
-            return rule.change
-    return ""
+        if not (rule.change and rule.versions):
+            continue
+        spec = SpecifierSet(rule.versions, prereleases=True)
+        if (rule.flavour and rule.flavour not in (doc["flavour"], family(doc))) or (rule.backend and rule.backend != backend):
+            continue
+        if before is not None and (release(doc) in spec) != (release(before) in spec):
+            found.append(rule.change)
+    return "; ".join(dict.fromkeys(found))
 
 
 def table(docs: list[dict], fingerprint: str | None) -> dict:
@@ -169,8 +184,8 @@ def section(docs: list[dict], fingerprint: str | None) -> list[str]:
         if part["rows"]:  # the claims that flip, and any that contradict their expectation
             lines += ["| claim | " + " | ".join(cols) + " | flips at | change |", "|---|" + "---|" * (len(cols) + 2)]
             for c, row, fl in part["rows"]:
-                at = ", ".join(f"{column(d)} ({_cell(prev_of(row, d))}→{_cell(o)})" for d, o in fl) or "—"
-                why = "; ".join(sorted({x for d, _ in fl for x in [cause(c, d)] if x})) or "—"
+                at = ", ".join(f"{column(d)} ({_flip(previous(row, d)[1], o)})" for d, o in fl) or "—"
+                why = "; ".join(dict.fromkeys(x for d, _ in fl for x in [cause(c, d, previous(row, d)[0])] if x)) or "—"
                 lines.append(f"| [{c.id}](#{v.anchor(c.id)}) | " + " | ".join(_cell(o) for _, o in row) + f" | {at} | {why} |")
             lines.append("")
         else:
@@ -180,14 +195,22 @@ def section(docs: list[dict], fingerprint: str | None) -> list[str]:
     return lines
 
 
-def prev_of(row: list[tuple[dict, dict]], doc: dict) -> dict:
-    """The comparable observation before `doc` in the row."""
-    prev = None
+def _flip(a: dict, b: dict) -> str:
+    """'✗→✓', or '✗, another mechanism' when only the reason for a refutation changed."""
+    va, vb = ({k: o for k, (o, _m) in x["signature"][1]} for x in (a, b))
+    if a["status"] == b["status"] and all(va[k] == vb[k] for k in va.keys() & vb.keys()):
+        return f"{_cell(b)}, another mechanism"
+    return f"{_cell(a)}→{_cell(b)}"
+
+
+def previous(row: list[tuple[dict, dict]], doc: dict) -> tuple[dict, dict] | tuple[None, None]:
+    """The (document, observation) of the comparable release before `doc` in the row."""
+    prev = (None, None)
     for d, o in row:
         if d is doc:
             return prev
         if _comparable(o):
-            prev = o
+            prev = (d, o)
     raise LookupError(doc["job"])
 
 
@@ -265,10 +288,17 @@ def range_problems(claim: claims.Claim, rule, docs: list[dict]) -> list[str]:
             continue
 
         def verdicts_at(d):
+            """What the rule's cases observe at release d: verdicts, a refutation counted as the rule's only
+            when the rule's mechanism is the one confirmed (a refutation for another reason is a change)."""
             ts = [t for t in d["tests"] if t.get("claim") == claim.id and _case_matches(rule, t.get("params", {}))]
             if ts and all(results.not_applicable(t) for t in ts):
                 return {NA}
-            return {t["observed"] for t in ts if t["outcome"] in results.MEASURED and t.get("observed")}
+            seen = set()
+            for t in ts:
+                if t["outcome"] in results.MEASURED and t.get("observed"):
+                    other = t["observed"] == v.REFUTED and rule.verdict == v.REFUTED and not v.mechanism_confirmed(t, rule.mechanism)
+                    seen.add(t["observed"] + (" by another mechanism" if other else ""))
+            return seen
 
         inside = [Version(release(d)) in spec for d in seq]
         if not any(inside):

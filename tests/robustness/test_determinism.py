@@ -42,4 +42,4 @@ def test_compare_reports_verdict_differences(tmp_path):
     assert same.returncode == 0 and "identical verdict tables (2 test cases" in same.stdout
     diff = subprocess.run([sys.executable, "-m", "bnspec", "compare", str(a), str(c)], capture_output=True,
                           text=True, cwd=ROOT, check=False)
-    assert diff.returncode == 1 and "keras3: t.py::a[1]: passed/holds vs passed/refuted" in diff.stdout
+    assert diff.returncode == 1 and "keras3: t.py::a[1]: concluded/holds vs concluded/refuted" in diff.stdout

@@ -264,3 +264,42 @@ def test_a_case_appearing_is_not_a_flip_but_a_case_changing_is(z_claim):
             _doc("keras3", "3.1.1", [("a", HOLDS), ("b", HOLDS)])]
     row = [(d, timeline.observed(d)["Z01"]) for d in docs]
     assert timeline.flips(row) == []
+
+
+def test_the_change_is_named_at_either_end_of_a_range(monkeypatch):
+    c = Claim("Z02", "z", "A statement.", "src", topic="zeta", expected=(
+        Expect(HOLDS, flavour="keras3", versions="<3.2", change="keras#7"),  # a range that ends: its end's change
+        Expect(REFUTED, flavour="keras3", why="later", mechanism="m")))
+    monkeypatch.setattr(claims, "CLAIMS", (c,))
+    monkeypatch.setattr(claims, "BY_ID", {"Z02": c})
+    a, b, d = (_doc("keras3", r, []) for r in ("3.1.1", "3.2.1", "3.3.3"))
+    assert timeline.cause(c, b, a) == "keras#7"  # 3.1 in the range, 3.2 not: the boundary
+    assert timeline.cause(c, d, b) == ""  # both outside
+    assert timeline.cause(c, _doc("tfkeras", "2.16.0", []), _doc("tfkeras", "2.15.1", [])) == ""  # other family
+
+
+def test_a_change_of_mechanism_is_a_flip_and_a_range_boundary(monkeypatch):
+    c = Claim("Z03", "z", "A statement.", "src", topic="zeta", expected=(
+        Expect(REFUTED, flavour="keras3", versions="<3.2", why="old way", mechanism="old", change="keras#9"),
+        Expect(REFUTED, flavour="keras3", why="new way", mechanism="new")))
+    monkeypatch.setattr(claims, "CLAIMS", (c,))
+    monkeypatch.setattr(claims, "BY_ID", {"Z03": c})
+
+    def doc(release, mech):
+        d = _doc("keras3", release, [("a", REFUTED)])
+        for t in d["tests"]:
+            t["claim"], t["mechanisms"] = "Z03", {mech: {"confirmed": True}}
+        return d
+
+    docs = [doc("3.0.5", "old"), doc("3.1.1", "old"), doc("3.2.1", "new")]
+    row = [(d, timeline.observed(d)["Z03"]) for d in docs]
+    assert [d["release"] for d, _ in timeline.flips(row)] == ["3.2.1"]
+    text = "\n".join(timeline.section(docs, "f00d"))
+    assert "| [Z03](#z03) | ✗ | ✗ | ✗ | 3.2 (✗, another mechanism) | keras#9 |" in text
+    old = c.expected[0]
+    assert timeline.range_problems(c, old, docs) == []
+    late = [doc("3.0.5", "old"), doc("3.1.1", "new"), doc("3.2.1", "new")]  # the mechanism changed at 3.1
+    assert any("3.1.1" in p for p in timeline.range_problems(c, old, late)) is False  # 3.1 is inside: a contradiction
+    assert v.case_status(late[1]["tests"][0], late[1]) == v.UNEXPECTED  # ... which the contradiction test reports
+    early = [doc("3.0.5", "old"), doc("3.1.1", "old"), doc("3.2.1", "old")]  # the old way lasted longer
+    assert any("3.2.1, just outside the range" in p for p in timeline.range_problems(c, old, early))

@@ -178,7 +178,12 @@ def test_compare_works_per_run_key_on_merged_files(tmp_path):
     a = _doc([_t("t::a", "K01", "passed", "holds")])
     b = _doc([_t("t::a", "K01", "passed", "refuted")])
     assert results.compare([a], [a]) == []
-    assert results.compare([a], [b]) == ["keras3: t::a: passed/holds vs passed/refuted"]
+    assert results.compare([a], [b]) == ["keras3: t::a: concluded/holds vs concluded/refuted"]
+    # the same observation judged against other expectations (passed then, failed now) is the same verdict
+    assert results.compare([a], [_doc([_t("t::a", "K01", "failed", "holds")])]) == []
+    # ... but a refutation for another reason is not
+    r1, r2 = (_doc([{**_t("t::a", "K01", "passed", "refuted"), "mechanisms": {m: {"confirmed": True}}}]) for m in "xy")
+    assert results.compare([r1], [r2]) == ["keras3: t::a: concluded/refuted (x) vs concluded/refuted (y)"]
     merged = tmp_path / "results.json"
     merged.write_text(json.dumps({"schema": results.SCHEMA, "results": [a, _doc([], flavour="tfkeras")]}))
     assert [results.key(d) for d in results.load_any(merged)] == ["keras3", "tfkeras"]
