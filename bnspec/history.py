@@ -16,6 +16,11 @@ TensorFlow and code fingerprint that produced it. A job whose file holds a compl
 current measuring code is not run again (resumable); --force reruns it. A release that cannot be
 installed gets one line and a small document with `install_error`, so the timeline shows it.
 
+The history is measured on the TensorFlow backend. A job names its backend so that JAX or PyTorch
+jobs can join, but they are not in the catalogue's sweep: old Keras 3 releases do not run with the
+jax of these machines (Keras 3.0.5 calls jax.spmd_mode, gone from jax 0.10), so each would need the
+jax of its day.
+
 Nothing here imports TensorFlow; `--list` needs nothing but this file.
 """
 
@@ -164,7 +169,7 @@ def _venv(job: Job, log: Path, say) -> Path:
     python = target / "bin" / "python"
     done = target / ".bnspec-complete"
     if done.is_file():
-        return _with_backend(job, python, target, log, say)
+        return python
     if target.exists():
         shutil.rmtree(target)  # our own half-built cache entry, never a user's file
     say(f"  building {target} (tensorflow {job.tensorflow}, tf-keras, torch, bnspec's dependencies)")
@@ -172,16 +177,6 @@ def _venv(job: Job, log: Path, say) -> Path:
     tf_keras = next(k for k, tf in TFKERAS.items() if tf == job.tensorflow)
     _pip(python, f"tensorflow=={job.tensorflow}", f"tf-keras=={tf_keras}", TORCH, *_dependencies(), log=log)
     done.write_text(json.dumps({"tensorflow": job.tensorflow, "tf_keras": tf_keras, "built": time.time()}))
-    return _with_backend(job, python, target, log, say)
-
-
-def _with_backend(job: Job, python: Path, target: Path, log: Path, say) -> Path:
-    """JAX goes into the base venv when a JAX job first needs it (torch is there already)."""
-    mark = target / ".bnspec-jax"
-    if job.backend == "jax" and not mark.is_file():
-        say(f"  adding jax to {target}")
-        _pip(python, "jax", log=log)
-        mark.write_text("")
     return python
 
 
@@ -395,8 +390,6 @@ def register(sub) -> None:
                    help="only these jobs, e.g. keras3-3.8.0 or tfkeras-2.16.0 (repeat or comma-separate)")
     p.add_argument("--family", choices=FAMILIES, default=None, help="only this family's releases")
     p.add_argument("--ends", action="store_true", help="only the oldest and newest release of each family (CI)")
-    p.add_argument("--backend", choices=("tensorflow", "jax", "torch"), default="tensorflow",
-                   help="Keras 3 backend (tf_keras is TensorFlow only)")
     p.add_argument("--force", action="store_true", help="rerun jobs whose results are up to date")
     p.add_argument("--workers", default="2", help="pytest-xdist workers per job (default 2)")
     p.add_argument("--parallel", type=int, default=1, metavar="N",
@@ -407,7 +400,7 @@ def register(sub) -> None:
 
 def main(args) -> int:
     names = [n for part in args.release for n in part.split(",") if n]
-    jobs = select(names, args.backend, args.ends, args.family)
+    jobs = select(names, "tensorflow", args.ends, args.family)
     if args.list:
         if args.json:
             print(json.dumps([j.as_dict() for j in jobs]))

@@ -23,7 +23,7 @@ from bnspec.report import verdicts as v
 NA, NOT_INSTALLABLE = "n/a", "not installable"
 SYMBOL = {v.HOLDS: "✓", v.REFUTED: "✗", v.MIXED: "◐", v.ERROR: "⚠", v.UNMEASURED: "·", NA: "–", NOT_INSTALLABLE: "∅"}
 LEGEND = ("✓ holds · ✗ refuted · ◐ holds for some cases, refuted for others · – not applicable (the API does not exist "
-          "in that release) · ⚠ error · · unmeasured · ∅ the release did not install · ‼ a case contradicts the "
+          "in that release) · ⚠ error (after a symbol: some cases broke, the verdict is the others') · · unmeasured · ∅ the release did not install · ‼ a case contradicts the "
           "claim's expectation for that release · † measured by older code")
 FAMILY_TITLE = {"keras3": "Keras 3 (TensorFlow backend, TensorFlow 2.21)", "tfkeras": "tf_keras (each over its own TensorFlow)"}
 
@@ -64,7 +64,7 @@ def observed(doc: dict) -> dict[str, dict]:
     for c in claims.CLAIMS:
         tests = by_claim.get(c.id, [])
         if doc.get("install_error"):
-            out[c.id] = {"status": NOT_INSTALLABLE, "signature": None, "unexpected": False}
+            out[c.id] = {"status": NOT_INSTALLABLE, "signature": None, "unexpected": False, "errors": 0}
             continue
         measured = [t for t in tests if t["outcome"] in results.MEASURED]
         # per case: the verdict and, for a refutation, the mechanisms the test confirmed (why it is refuted)
@@ -79,7 +79,9 @@ def observed(doc: dict) -> dict[str, dict]:
         else:
             status = v.UNMEASURED
         unexpected = any(v.case_status(t, doc) == v.UNEXPECTED for t in measured)
-        out[c.id] = {"status": status, "signature": (status, tuple(concluded)), "unexpected": unexpected}
+        broken = len(measured) - len(concluded)  # cases that crashed or measured NaN: no verdict, never a flip
+        out[c.id] = {"status": status, "signature": (status, tuple(concluded)), "unexpected": unexpected,
+                     "errors": broken}
     return out
 
 
@@ -90,17 +92,19 @@ def _mechanisms(test: dict) -> tuple[str, ...]:
 
 
 def _comparable(o: dict) -> bool:
-    return o["status"] not in (v.UNMEASURED, NOT_INSTALLABLE)
+    """Whether an observation is a verdict (or not applicable) to compare with the next release's."""
+    return o["status"] not in (v.UNMEASURED, NOT_INSTALLABLE, v.ERROR)
 
 
 def changed(a: dict, b: dict) -> bool:
-    """Whether the verdict changed between two observations: the claim's status, or the verdict of a case
-    concluded in both, or the mechanism that refutes it (a case that is only measured in one of them, e.g.
-    not applicable in the other, is not a change by itself)."""
-    if a["status"] != b["status"]:
-        return True
+    """Whether the verdict changed between two observations: the verdict of a case concluded in both, or the
+    mechanism that refutes it (a case that is only measured in one of them, e.g. not applicable in the
+    other, is not a change by itself); with no case in common, the claim's status."""
     va, vb = dict(a["signature"][1]), dict(b["signature"][1])
-    return any(va[k] != vb[k] for k in va.keys() & vb.keys())
+    common = va.keys() & vb.keys()
+    if common:  # judged on the cases both measured: a case appearing (its API added) changes no verdict
+        return any(va[k] != vb[k] for k in common)
+    return a["status"] != b["status"]  # e.g. not applicable -> measured
 
 
 def flips(row: list[tuple[dict, dict]]) -> list[tuple[dict, dict]]:
@@ -145,7 +149,7 @@ def table(docs: list[dict], fingerprint: str | None) -> dict:
         for c in claims.CLAIMS:
             row = [(d, obs[d["job"]][c.id]) for d in fdocs]
             fl = flips(row)
-            if fl or any(o["unexpected"] for _, o in row):  # a stable row that contradicts its claim shows too
+            if fl or any(o["unexpected"] or o["errors"] for _, o in row):  # a contradiction or a crash shows too
                 rows.append((c, row, fl))
             if not fl and any(_comparable(o) for _, o in row):
                 stable.append(c.id)
@@ -156,7 +160,9 @@ def table(docs: list[dict], fingerprint: str | None) -> dict:
 
 
 def _cell(o: dict) -> str:
-    return SYMBOL[o["status"]] + ("‼" if o["unexpected"] else "")
+    """The status's symbol, ‼ when a case contradicts its expectation, ⚠ when some case broke (no verdict)."""
+    return (SYMBOL[o["status"]] + ("‼" if o["unexpected"] else "")
+            + ("⚠" if o["errors"] and o["status"] != v.ERROR else ""))
 
 
 def section(docs: list[dict], fingerprint: str | None) -> list[str]:
@@ -178,9 +184,9 @@ def section(docs: list[dict], fingerprint: str | None) -> list[str]:
     lines.append("")
     for fam, part in t.items():
         cols = [column(d) + ("†" if d["job"] in part["stale"] else "") for d in part["docs"]]
-        lines += [f"**{FAMILY_TITLE[fam]}**: " + ", ".join(
+        lines += v.wrap(f"**{FAMILY_TITLE[fam]}**: " + ", ".join(
             f"{column(d)} = {release(d)}" + (f" over TF {d.get('tensorflow_release')}" if fam == "tfkeras" else "")
-            for d in part["docs"]) + ".", ""]
+            for d in part["docs"]) + ".") + [""]
         if part["rows"]:  # the claims that flip, and any that contradict their expectation
             lines += ["| claim | " + " | ".join(cols) + " | flips at | change |", "|---|" + "---|" * (len(cols) + 2)]
             for c, row, fl in part["rows"]:
@@ -309,9 +315,27 @@ def range_problems(claim: claims.Claim, rule, docs: list[dict]) -> list[str]:
                 continue
             for j in (i - 1, i + 1):  # a neighbour outside the range: the verdict must differ there
                 if 0 <= j < len(seq) and not inside[j]:
+                    if _same_expectation_outside(claim, rule, seq[j]):
+                        continue  # the other rules expect the same there: this boundary means nothing on this backend
                     there = verdicts_at(seq[j])
                     if there and there <= {rule.verdict}:
                         problems.append(
                             f"{claim.id} versions={rule.versions!r} ({rule.verdict}): {release(seq[j])}, just outside "
                             f"the range, observes {rule.verdict} too; the boundary is not where the verdict changes")
     return problems
+
+
+def _same_expectation_outside(claim: claims.Claim, rule, doc: dict) -> bool:
+    """Whether, at a release outside `rule`'s range, the claim's other rules expect exactly what `rule` does
+    (same verdict, same mechanism) for every case `rule` names: e.g. a range that matters on JAX only,
+    checked against a TensorFlow history."""
+    backend = doc.get("backend") or "tensorflow"
+    cases = [t for t in doc["tests"] if t.get("claim") == claim.id and _case_matches(rule, t.get("params", {}))
+             and t["outcome"] in results.MEASURED]
+    if not cases:
+        return False
+    for t in cases:
+        other = claim.expectation(doc["flavour"], release(doc), t.get("params", {}), backend)
+        if other.verdict != rule.verdict or (rule.verdict == v.REFUTED and other.mechanism != rule.mechanism):
+            return False
+    return True

@@ -303,3 +303,38 @@ def test_a_change_of_mechanism_is_a_flip_and_a_range_boundary(monkeypatch):
     assert v.case_status(late[1]["tests"][0], late[1]) == v.UNEXPECTED  # ... which the contradiction test reports
     early = [doc("3.0.5", "old"), doc("3.1.1", "old"), doc("3.2.1", "old")]  # the old way lasted longer
     assert any("3.2.1, just outside the range" in p for p in timeline.range_problems(c, old, early))
+
+
+def test_errors_show_but_are_never_flips(z_claim):
+    docs = [_doc("keras3", "3.2.1", [("a", HOLDS), ("b", HOLDS)]),  # (Z01 holds from 3.2)
+            _doc("keras3", "3.3.3", [("a", "error"), ("b", "error")]),  # broke entirely: no verdict
+            _doc("keras3", "3.4.1", [("a", HOLDS), ("b", "error")]),  # one case broke: the verdict is a's
+            _doc("keras3", "3.5.0", [("a", HOLDS), ("b", HOLDS)])]
+    row = [(d, timeline.observed(d)["Z01"]) for d in docs]
+    assert timeline.flips(row) == []
+    text = "\n".join(timeline.section(docs, "f00d"))
+    assert "| [Z01](#z01) | ✓ | ⚠ | ✓⚠ | ✓ | — | — |" in text
+
+
+def test_a_range_that_matters_on_another_backend_only_is_not_judged_here(monkeypatch):
+    c = Claim("Z04", "z", "A statement.", "src", topic="zeta", expected=(
+        Expect(HOLDS, flavour="keras3", versions=">=3.2"),  # the fix, for JAX
+        Expect(REFUTED, flavour="keras3", backend="jax", why="jax", mechanism="m"),
+        Expect(HOLDS)))  # TensorFlow: always held
+    monkeypatch.setattr(claims, "CLAIMS", (c,))
+    monkeypatch.setattr(claims, "BY_ID", {"Z04": c})
+    docs = [_doc("keras3", r, [("a", HOLDS)]) for r in ("3.0.5", "3.1.1", "3.2.1")]
+    for d in docs:
+        d["tests"][0]["claim"] = "Z04"
+    assert timeline.range_problems(c, c.expected[0], docs) == []
+    c2 = Claim("Z04", "z", "A statement.", "src", topic="zeta", expected=(
+        Expect(HOLDS, flavour="keras3", versions=">=3.2"), Expect(REFUTED, why="before", mechanism="m")))
+    monkeypatch.setattr(claims, "BY_ID", {"Z04": c2})
+    assert timeline.range_problems(c2, c2.expected[0], docs)  # here the boundary matters: 3.1 holds too
+
+
+def test_a_new_case_that_changes_the_status_is_not_a_flip(z_claim):
+    docs = [_doc("keras3", "3.2.1", [("a", REFUTED), ("b", NA)]),  # status refuted (b not applicable yet)
+            _doc("keras3", "3.3.3", [("a", REFUTED), ("b", HOLDS)])]  # status mixed, a unchanged
+    row = [(d, timeline.observed(d)["Z01"]) for d in docs]
+    assert timeline.flips(row) == []

@@ -44,12 +44,43 @@ def test_there_are_version_ranges_to_check():
     assert len(RANGED) >= 5  # the meta-check: the parametrisation above is not empty
 
 
-def test_no_measured_release_contradicts_an_expectation():
-    bad = []
+# Contradictions measured but not yet explained: (job id prefix, test case id) -> what we know. An entry
+# is not an expectation (an expected refutation must name the mechanism its test confirms, and these
+# have none yet): it keeps a known, reported contradiction (‼ in the report's timeline) from failing
+# the suite, and the entry must still match a contradiction, or it fails as stale.
+_C04_33 = ("Keras 3.3-3.4, the first releases where predict() under MirroredStrategy returns outputs (3.0-3.2 return "
+           "a 0-d array: an error there): replica 0's rows match the saved model, but replica 1's rows are off its own "
+           "BN copy by 39x the float32 bound unsynchronized and by 0.012 synchronized (copies equal), so something "
+           "besides BN's statistics differs between the replicas; from 3.5 the claim's expectations hold again")
+UNEXPLAINED = {
+    **{(f"keras3-{r}", f"test_replica_training_saves_and_serves_one_average[served-{s}]"): _C04_33
+       for r in ("3.3.3", "3.4.1") for s in ("False", "True")},
+}
+
+
+def _contradictions():
+    found = []
     for d in DOCS:
         for t in d.get("tests", []):
             if t.get("claim") and t["outcome"] in results.MEASURED and v.case_status(t, d) == v.UNEXPECTED:
-                want = v.expected_now(t, d)
-                bad.append(f"{d['job']}: {t['nodeid']} observed {t.get('observed')}, expected {want}"
-                           + (" (mechanism not confirmed)" if t.get("mechanism_failed") else ""))
+                found.append((d, t))
+    return found
+
+
+def _known(d, t):
+    return next((k for k in UNEXPLAINED if d["job"].startswith(k[0]) and t["nodeid"].endswith(k[1])), None)
+
+
+def test_no_measured_release_contradicts_an_expectation():
+    bad = []
+    for d, t in _contradictions():
+        if _known(d, t) is None:
+            confirmed = [n for n, m in (t.get("mechanisms") or {}).items() if m.get("confirmed")]
+            bad.append(f"{d['job']}: {t['nodeid']} observed {t.get('observed')} (mechanisms confirmed: "
+                       f"{', '.join(confirmed) or 'none'}), expected {v.rule_now(t, d)}")
     assert not bad, f"{len(bad)} cases contradict their claims' expectations:\n" + "\n".join(bad[:40])
+
+
+@pytest.mark.parametrize("key", list(UNEXPLAINED), ids=[f"{j}:{c}" for j, c in UNEXPLAINED])
+def test_unexplained_entries_still_match_a_contradiction(key):
+    assert any(_known(d, t) == key for d, t in _contradictions()), f"{key} matches no contradiction: remove it"

@@ -280,7 +280,7 @@ def check_release(doc: dict, matrix: list[dict]) -> None:
         values, args = _measure(release, item)
         assert args.command == "history" and not args.list
         names = [n for part in args.release for n in part.split(",") if n]  # as history.main reads them
-        job = history.select(names, args.backend, args.ends, args.family)
+        job = history.select(names, "tensorflow", args.ends, args.family)
         assert [j.id for j in job] == [item["job"]], f"{item['job']}: the release job measures {job}"
         written = history.out_path(args.out, job[0])
         uploads = [s for s in uses(release, "actions/upload-artifact")
