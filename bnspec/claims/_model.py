@@ -57,6 +57,10 @@ class Expect:
             return False
         if self.versions and (version is None or Version(version) not in SpecifierSet(self.versions, prereleases=True)):
             return False
+        return self.matches_case(params)
+
+    def matches_case(self, params: dict) -> bool:
+        """Whether a test case's parameters satisfy this rule's `case=` conditions."""
         return all(str(params.get(name)) == value for name, value in _conditions(self.case))
 
 
@@ -90,7 +94,7 @@ class Claim:
             if not rule.case:
                 continue
             conds = _conditions(rule.case)
-            if any(all(str(p.get(n)) == v for n, v in conds) for p in collected):
+            if any(rule.matches_case(p) for p in collected):
                 continue
             hints = []
             for n, v in conds:

@@ -228,51 +228,22 @@ def figure(docs: list[dict], target: Path, fingerprint: str | None) -> Path | No
     """history_timeline.png: the claims that flip (rows) x every release (columns), coloured by verdict."""
     if not docs:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Patch
+    from bnspec.report.figure import matrix_png
 
     t = table(docs, fingerprint)
     cols = [d for fam in t for d in t[fam]["docs"]]
     ids = sorted({c.id for fam in t for c, _, _ in t[fam]["rows"]}, key=[c.id for c in claims.CLAIMS].index)
     obs = {d["job"]: observed(d) for d in cols}
-    fig, ax = plt.subplots(figsize=(2.6 + 0.42 * len(cols), 0.26 * max(len(ids), 1) + 1.6))
-    for i, cid in enumerate(ids):
-        for j, d in enumerate(cols):
-            o = obs[d["job"]][cid]
-            ax.add_patch(plt.Rectangle((j, i), 1, 1, facecolor=COLOURS[o["status"]], edgecolor="#bdbdbd", lw=0.5))
-            ax.text(j + 0.5, i + 0.55, _cell(o), ha="center", va="center", fontsize=7,
-                    color="white" if o["status"] == NOT_INSTALLABLE else "black")
-    ax.set_xlim(0, len(cols))
-    ax.set_ylim(max(len(ids), 1), 0)
-    labels = [("tf_keras " if family(d) == "tfkeras" else "") + column(d) for d in cols]
-    ax.set_xticks([j + 0.5 for j in range(len(cols))], labels, fontsize=7, rotation=60, ha="left")
-    ax.xaxis.tick_top()
+    cells = [[(COLOURS[o["status"]], _cell(o), "white" if o["status"] == NOT_INSTALLABLE else "black")
+              for o in (obs[d["job"]][cid] for d in cols)] for cid in ids]
     titles = {c.id: c.title for c in claims.CLAIMS}
-    ax.set_yticks([i + 0.5 for i in range(len(ids))], [f"{cid} {titles[cid][:36]}" for cid in ids], fontsize=7)
-    ax.tick_params(length=0)
-    for side in ax.spines.values():
-        side.set_visible(False)
-    ax.legend(handles=[Patch(facecolor=col, edgecolor="#bdbdbd", label=name) for name, col in COLOURS.items()],
-              loc="upper center", bbox_to_anchor=(0.5, -0.002), ncol=4, fontsize=7, frameon=False)
-    fig.tight_layout()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(target)
-    return target
+    return matrix_png(target, cells, [("tf_keras " if family(d) == "tfkeras" else "") + column(d) for d in cols],
+                      [f"{cid} {titles[cid][:36]}" for cid in ids], COLOURS,
+                      figsize=(2.6 + 0.42 * len(cols), 0.26 * max(len(ids), 1) + 1.6), xfont=7, yfont=7,
+                      xrotation=60, ncol=4, dpi=120)
 
 
 # --------------------------------------------------------------------------- version ranges vs the history
-
-def _case_matches(rule, params: dict) -> bool:
-    from bnspec.claims._model import _conditions
-
-    return all(str(params.get(n)) == val for n, val in _conditions(rule.case))
-
 
 def range_problems(claim: claims.Claim, rule, docs: list[dict]) -> list[str]:
     """Why the history does not back `rule.versions` (empty when it does): the range must contain a measured
@@ -296,7 +267,7 @@ def range_problems(claim: claims.Claim, rule, docs: list[dict]) -> list[str]:
         def verdicts_at(d):
             """What the rule's cases observe at release d: verdicts, a refutation counted as the rule's only
             when the rule's mechanism is the one confirmed (a refutation for another reason is a change)."""
-            ts = [t for t in d["tests"] if t.get("claim") == claim.id and _case_matches(rule, t.get("params", {}))]
+            ts = [t for t in d["tests"] if t.get("claim") == claim.id and rule.matches_case(t.get("params", {}))]
             if ts and all(results.not_applicable(t) for t in ts):
                 return {NA}
             seen = set()
@@ -330,7 +301,7 @@ def _same_expectation_outside(claim: claims.Claim, rule, doc: dict) -> bool:
     (same verdict, same mechanism) for every case `rule` names: e.g. a range that matters on JAX only,
     checked against a TensorFlow history."""
     backend = doc.get("backend") or "tensorflow"
-    cases = [t for t in doc["tests"] if t.get("claim") == claim.id and _case_matches(rule, t.get("params", {}))
+    cases = [t for t in doc["tests"] if t.get("claim") == claim.id and rule.matches_case(t.get("params", {}))
              and t["outcome"] in results.MEASURED]
     if not cases:
         return False
