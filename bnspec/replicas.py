@@ -233,6 +233,7 @@ def _tf_child(tmpdir: str) -> dict:
         c04[f"sync={sync}"] = {
             "momentum": float(bn.momentum), "epsilon": float(bn.epsilon),
             "local_mean": local(bn.moving_mean), "local_var": local(bn.moving_variance),
+            "local_gamma": local(bn.gamma), "local_beta": local(bn.beta),
             "gamma": _arr(w[0]), "beta": _arr(w[1]), "read_mean": _arr(w[2]), "read_var": _arr(w[3]),
             "saved_mean": _arr(rbn.get_weights()[2]), "saved_var": _arr(rbn.get_weights()[3]),
             "saved_gamma": _arr(rbn.get_weights()[0]), "saved_beta": _arr(rbn.get_weights()[1]),

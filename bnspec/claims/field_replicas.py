@@ -33,8 +33,17 @@ CLAIMS = (
         "keras-team/keras#20378 (are per-replica BN statistics aggregated?); tf_keras BatchNormalization "
         "(moving statistics: synchronization=ON_READ, aggregation=MEAN); Keras 3 Layer.add_weight "
         "(aggregation='none') and the TensorFlow backend's variable (MirroredVariable); TensorFlow "
-        "values._on_write_update_replica (aggregation NONE updates the local copy only)",
+        "values._on_write_update_replica (aggregation NONE updates the local copy only); keras-team/keras#19891 "
+        "(Keras 3 gives incorrect output from fit in a distributed context: gradients not aggregated), PRs "
+        "#19969/#20051 (all-reduce the gradients in replica context, Keras 3.5)",
         expected=(
+            Expect(REFUTED, flavour="keras3", versions="<3.5", case="read=served", mechanism="replica_local_trainables",
+                   change="keras#20051",
+                   why="before Keras 3.5 the TensorFlow optimizer all-reduced the gradients inside its merge_call, "
+                       "in cross-replica context, where _all_reduce_sum_gradients returns them unreduced: each "
+                       "replica applied its own gradient to its own copy of gamma and beta, so the replicas' "
+                       "weights drift apart even with synchronized=True (keras#19891; fixed by #19969, reverted "
+                       "in #20017, relanded in #20051)"),
             Expect(HOLDS, case="synchronized=True", why=SYNCED),
             Expect(HOLDS, flavour="tfkeras", case="read=saved", why=TFKERAS_ON_READ),
             Expect(REFUTED, flavour="keras3", case="read=saved", mechanism="primary_copy_saved",

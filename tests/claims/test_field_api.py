@@ -244,7 +244,12 @@ def _export(model, path: str, **kw):
         kw["verbose"] = False
     if "format" in kw and "format" not in params:
         not_applicable(f"this Keras' Model.export has no format= (only SavedModel)")
-    model.export(path, **kw)
+    try:
+        model.export(path, **kw)
+    except ValueError as exc:  # Keras 3.6-3.12 have format= but not 'litert' (added in 3.13, keras#21674)
+        if "format" in kw and f"format={kw['format']}" in str(exc):
+            not_applicable(f"this Keras' Model.export has no format={kw['format']!r}: {exc}")
+        raise
     if kw.get("format") == "litert" and Path(path).is_dir():  # Keras 3.0 ignores an unknown format: a SavedModel
         not_applicable("this Keras' Model.export has no format='litert' (it wrote a SavedModel)")
 

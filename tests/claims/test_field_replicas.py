@@ -271,6 +271,22 @@ def test_replica_training_saves_and_serves_one_average(verdict, read, synchroniz
     differ = not np.array_equal(copies_m, copies_m[::-1])
     verdict.mechanism("replica_local_copies", all(own) and differ,
                       f"each replica's rows within the bound of inference with its own copy: {own}; copies differ: {differ}")
+    # mechanism of the Keras < 3.5 refutation: the replicas' gamma and beta differ too (each replica applied
+    # its own gradient, not the all-reduced one), and each replica's rows are inference with all four of its
+    # own copies
+    copies_g, copies_b = _a(r["local_gamma"]), _a(r["local_beta"])
+    trainables_differ = not (np.array_equal(copies_g[0], copies_g[1]) and np.array_equal(copies_b[0], copies_b[1]))
+    verdict.record(replica_gamma_max_difference=float(np.max(np.abs(copies_g[0] - copies_g[1]))),
+                   replica_beta_max_difference=float(np.max(np.abs(copies_b[0] - copies_b[1]))))
+    own_all = []
+    for i in range(2):
+        args = (copies_g[i], copies_b[i], copies_m[i], copies_v[i], eps)
+        own_all.append(verdict.within(f"served_rows_replica{i}_vs_own_weights",
+                                      served[i * HALF:(i + 1) * HALF] - reference.bn_inference(xq, *args),
+                                      reference.bn_bound(xq, *args)))
+    verdict.mechanism("replica_local_trainables", all(own_all) and trainables_differ,
+                      f"each replica's rows within the bound of inference with its own gamma, beta and moving "
+                      f"statistics: {own_all}; gamma/beta copies differ: {trainables_differ}")
     ev = verdict.evidence
     verdict.conclude(ok, f"the same query served by replica 0 and 1 differs by up to "
                          f"{ev['served_halves_max_difference']:.3g}; vs the saved model: "
