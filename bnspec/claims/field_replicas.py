@@ -10,10 +10,19 @@ ORDER = 220
 TITLE = "Field traps: BN across replicas"
 
 KERAS3_MIRRORED = (
-    "Keras 3 creates the moving statistics with add_weight's default aggregation 'none', which TensorFlow "
-    "turns into a MirroredVariable (ON_WRITE, aggregation NONE) whose assign inside a replica updates only "
-    "that replica's copy: the copies drift apart and a read outside the replicas returns the first copy"
+    "Keras 3 creates the moving statistics with add_weight's default aggregation ('none' from 3.8; 'mean' "
+    "before, but not passed to TensorFlow before 3.7), which TensorFlow turns into a MirroredVariable "
+    "(ON_WRITE, aggregation NONE) whose assign inside a replica updates only that replica's copy: the "
+    "copies drift apart and a read outside the replicas returns the first copy"
 )
+# Keras 3.7.0 only: keras#20541 passed the Keras aggregation to tf.Variable while add_weight's default was
+# still 'mean'; keras#20703 (3.8) made the default 'none' (keras#20695: the 'mean' default was wrong)
+KERAS37_MEAN = (
+    "Keras 3.7 passed add_weight's default aggregation 'mean' to tf.Variable (keras#20541): the moving "
+    "statistics became MirroredVariables with aggregation MEAN, whose assign inside a replica all-reduces the "
+    "replicas' values, so every copy holds their average; 3.8 made the default 'none' again (keras#20703)"
+)
+KERAS37_CHANGE = "3.7: keras#20541; 3.8: keras#20703"
 TFKERAS_ON_READ = (
     "tf_keras creates the moving statistics as SyncOnRead variables (aggregation MEAN): each replica keeps "
     "and uses its own copy, and only a read outside the replicas averages them"
@@ -45,6 +54,8 @@ CLAIMS = (
                        "weights drift apart even with synchronized=True (keras#19891; fixed by #19969, reverted "
                        "in #20017, relanded in #20051)"),
             Expect(HOLDS, case="synchronized=True", why=SYNCED),
+            Expect(HOLDS, flavour="keras3", versions=">=3.7,<3.8", change=KERAS37_CHANGE,
+                   why=KERAS37_MEAN + ": what is saved and what every replica serves is that average"),
             Expect(HOLDS, flavour="tfkeras", case="read=saved", why=TFKERAS_ON_READ),
             Expect(REFUTED, flavour="keras3", case="read=saved", mechanism="primary_copy_saved",
                    why=KERAS3_MIRRORED + "; get_weights() and save() write replica 0's copy bitwise"),
@@ -62,11 +73,16 @@ CLAIMS = (
               "tf_keras, refuted on Keras 3. Measured: tf_keras saves the average (5.10 for a replica mean of "
               "-0.08 and 10.29) but serves per replica too (halves differ by up to 20.0), so 'served' is "
               "refuted on both; Keras 3 saves replica 0's copy bitwise. With synchronized=True every copy is the "
-              "global statistic and both hold."),
+              "global statistic and both hold. Before Keras 3.5 'served' is refuted even with synchronized=True: one "
+              "step leaves the replicas' beta 0.013 apart (each replica applied its own gradient) and the "
+              "served halves 0.014 apart, each within the bound of inference with its own replica's weights "
+              "(measured on 3.3.3 and 3.4.1; on 3.0-3.2 predict() under the strategy returns a 0-d array, so "
+              "'served' has no output to compare there)."),
         advice=("under MirroredStrategy use BatchNormalization(synchronized=True), or re-estimate the moving "
                 "statistics on one device after training; in Keras 3 the saved model silently carries replica "
                 "0's statistics, and in both Keras versions predict() under the training strategy gives "
-                "replica-dependent outputs: serve from a model loaded outside the strategy"),
+                "replica-dependent outputs: serve from a model loaded outside the strategy. Keras 3 before 3.5 does not "
+                "all-reduce the gradients under MirroredStrategy on TensorFlow at all: upgrade before training with it"),
     ),
     Claim(
         "C07",
@@ -87,6 +103,10 @@ CLAIMS = (
             Expect(HOLDS, flavour="tfkeras", case="synchronized=False",
                    why="under a strategy with partial-batch handling tf_keras zeroes the empty shard's statistics "
                        "and skips its moving-average update (input_batch_size > 0)"),
+            Expect(REFUTED, flavour="keras3", versions=">=3.7,<3.8", case="synchronized=False",
+                   mechanism="nan_averaged_into_every_copy", change=KERAS37_CHANGE,
+                   why=KERAS37_MEAN + ": the empty replica's 0/0 = NaN moments are averaged into every replica's "
+                       "copy, so get_weights() and the saved model carry NaN too"),
             Expect(REFUTED, flavour="keras3", case="synchronized=False", mechanism="nan_moving_statistics",
                    why="Keras 3 has no zero-size guard: the empty replica's moments are 0/0 = NaN and go into its "
                        "copy of the moving statistics, and the all-reduced gamma gradient (NaN x 0) poisons gamma "

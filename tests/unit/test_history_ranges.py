@@ -48,14 +48,9 @@ def test_there_are_version_ranges_to_check():
 # is not an expectation (an expected refutation must name the mechanism its test confirms, and these
 # have none yet): it keeps a known, reported contradiction (‼ in the report's timeline) from failing
 # the suite, and the entry must still match a contradiction, or it fails as stale.
-_C04_33 = ("Keras 3.3-3.4, the first releases where predict() under MirroredStrategy returns outputs (3.0-3.2 return "
-           "a 0-d array: an error there): replica 0's rows match the saved model, but replica 1's rows are off its own "
-           "BN copy by 39x the float32 bound unsynchronized and by 0.012 synchronized (copies equal), so something "
-           "besides BN's statistics differs between the replicas; from 3.5 the claim's expectations hold again")
-UNEXPLAINED = {
-    **{(f"keras3-{r}", f"test_replica_training_saves_and_serves_one_average[served-{s}]"): _C04_33
-       for r in ("3.3.3", "3.4.1") for s in ("False", "True")},
-}
+# Empty since the C04 contradiction on Keras 3.3-3.4 was explained (mechanism replica_local_trainables,
+# keras#19891/#20051); an empty parameter set shows as one skipped case.
+UNEXPLAINED: dict[tuple[str, str], str] = {}
 
 
 def _contradictions():
