@@ -191,7 +191,10 @@ CLAIMS = (
                          "training endpoint to switch to"),),
         note="Keras 3 TensorFlow backend only (TFSMLayer raises on jax/torch; tf_keras has no TFSMLayer). The "
         "SavedModel is made by the tfkeras tox interpreter in a subprocess and cached. gamma and beta do train "
-        "through the layer (recorded).",
+        "through the layer (recorded). On Keras 3.1-3.9 the case errors (no verdict): TFSMLayer tracks the "
+        "loaded tf.Variables unwrapped, and reading the model's losses fails with 'UninitializedVariable' "
+        "object has no attribute 'regularizer' (keras#19206 dropped the getattr fallback in 3.1; keras#20955, "
+        "fixed by #20995 in 3.10, which wraps them in Keras variables).",
         advice="fine-tuning a reloaded tf_keras SavedModel through TFSMLayer never adapts its BN statistics: "
         "rebuild the model in Keras 3 and load the weights if BN must adapt",
     ),

@@ -77,7 +77,8 @@ CLAIMS = (
               "step leaves the replicas' beta 0.013 apart (each replica applied its own gradient) and the "
               "served halves 0.014 apart, each within the bound of inference with its own replica's weights "
               "(measured on 3.3.3 and 3.4.1; on 3.0-3.2 predict() under the strategy returns a 0-d array, so "
-              "'served' has no output to compare there)."),
+              "'served' has no output to compare there). Keras 3.7.0 alone holds unsynchronized too: both copies "
+              "are the average (5.10), so the saved model and both replicas agree (halves differ by 0)."),
         advice=("under MirroredStrategy use BatchNormalization(synchronized=True), or re-estimate the moving "
                 "statistics on one device after training; in Keras 3 the saved model silently carries replica "
                 "0's statistics, and in both Keras versions predict() under the training strategy gives "
@@ -127,7 +128,8 @@ CLAIMS = (
               "measured), holds under MirroredStrategy. Measured: as believed, rank 4 included (tf_keras' fused "
               "path also writes NaN), on all three Keras 3 backends; and in Keras 3 the empty shard also turns "
               "gamma NaN on both replicas (all-reduced gradient) while the reported loss stays finite, so "
-              "every served prediction is NaN though get_weights() shows finite moving statistics."),
+              "every served prediction is NaN though get_weights() shows finite moving statistics. On Keras 3.7.0 "
+              "(averaged on write) the empty replica's NaN reaches every copy and get_weights() (6 of 6 each)."),
         advice=("never run a training step on an empty batch; with tf.distribute use drop_remainder=True (or a "
                 "dataset size divisible by the global batch) or synchronized=True, and check every replica's "
                 "copy (strategy.experimental_local_results), not get_weights(), which in Keras 3 reads replica "
