@@ -259,9 +259,15 @@ def fresh(out_dir: Path, job: Job, fingerprint: str) -> bool:
             and not runs[0]["selection"].get("partial"))
 
 
-def environment(job: Job, extra_path: Path | None) -> dict:
+def environment(job: Job, extra_path: Path | None, python: Path | None = None) -> dict:
+    """The job's pytest environment. A Keras 3 job gets its own venv's python (which holds the tf_keras of
+    its TensorFlow) as BNSPEC_TFKERAS_PYTHON, the interpreter that makes the tf_keras artefacts C12 and C25
+    load: the job never depends on whether the checkout happens to have a .tox/tfkeras."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "KERAS_BACKEND", "TF_USE_LEGACY_KERAS",
-                                                            "BNSPEC_FLAVOUR", "BNSPEC_MUTANT", "VIRTUAL_ENV")}
+                                                            "BNSPEC_FLAVOUR", "BNSPEC_MUTANT", "VIRTUAL_ENV",
+                                                            "BNSPEC_TFKERAS_PYTHON")}
+    if python is not None and job.flavour != "tfkeras":
+        env["BNSPEC_TFKERAS_PYTHON"] = str(python)
     env["PYTHONPATH"] = os.pathsep.join(([str(extra_path)] if extra_path else []) + [str(provenance.ROOT)])
     env["BNSPEC_FLAVOUR"] = job.flavour
     env["KERAS_BACKEND"] = job.backend
@@ -296,7 +302,7 @@ def run_job(job: Job, out_dir: Path, workers: str, say=print) -> dict:
     with open(log, "a") as fh:
         fh.write("$ " + " ".join(cmd) + "\n")
         fh.flush()
-        code = subprocess.run(cmd, cwd=provenance.ROOT, env=environment(job, extra), stdout=fh,
+        code = subprocess.run(cmd, cwd=provenance.ROOT, env=environment(job, extra, python), stdout=fh,
                               stderr=subprocess.STDOUT).returncode
     seconds = time.time() - t0
     if code not in (0, 1) or not tmp.is_file():  # 1: some verdict unexpected or a case broke: still a result

@@ -338,3 +338,18 @@ def test_a_new_case_that_changes_the_status_is_not_a_flip(z_claim):
             _doc("keras3", "3.3.3", [("a", REFUTED), ("b", HOLDS)])]  # status mixed, a unchanged
     row = [(d, timeline.observed(d)["Z01"]) for d in docs]
     assert timeline.flips(row) == []
+
+
+def test_keras3_jobs_make_the_tf_keras_artefacts_with_their_own_venv(monkeypatch, tmp_path):
+    """C12/C25 load files made by a tf_keras interpreter: a history job names its venv's python (the
+    tf_keras of its TensorFlow) instead of whatever .tox/tfkeras or BNSPEC_TFKERAS_PYTHON the checkout has;
+    a tf_keras job needs none, and an inherited one is not passed on."""
+    monkeypatch.setenv("BNSPEC_TFKERAS_PYTHON", "/elsewhere/python")
+    py, overlay = tmp_path / "venv" / "bin" / "python", tmp_path / "overlay"
+    k3 = next(j for j in history.catalogue() if j.flavour == "keras3")
+    env = history.environment(k3, overlay, py)
+    assert env["BNSPEC_TFKERAS_PYTHON"] == str(py)
+    assert env["PYTHONPATH"].split(":")[0] == str(overlay) and env["BNSPEC_FLAVOUR"] == "keras3"
+    tfk = next(j for j in history.catalogue() if j.flavour == "tfkeras")
+    env = history.environment(tfk, None, py)
+    assert "BNSPEC_TFKERAS_PYTHON" not in env and env["TF_USE_LEGACY_KERAS"] == "1"
