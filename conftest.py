@@ -1,47 +1,66 @@
-"""Fixtures shared by every bnspec test: the Keras flavour, devices, MNIST, and the trained model.
+"""Fixtures shared by every bnspec test: the run, its Keras and backend, devices, MNIST, and the trained model.
 
-What a test needs is prepared by its fixtures, only when a selected test asks for it: the trained
-model comes from bnspec.training's cache, where the first process that needs it trains it (under a
-file lock, so N pytest-xdist workers train it once, with progress on the terminal) and every later
-test and run reuses it; the paper's experiment likewise (tests/claims/test_paper_experiment.py).
+The run (bnspec.run.Run: flavour, backend, device, mutant) is made once by the plugin (bnspec.measure.plugin)
+and reaches every fixture and test as the `run` fixture; nothing below reads the environment for it.
+What a test needs is prepared by its fixtures, only when a selected test asks for it: the trained model
+comes from bnspec.subjects.training's cache, where the first process that needs it trains it (under a file
+lock, so N pytest-xdist workers train it once, with progress on the terminal) and every later test and run
+reuses it; the paper's experiment likewise (tests/claims/test_paper_experiment.py).
 """
 
 from __future__ import annotations
 
 import pytest
 
-pytest_plugins = ["bnspec.plugin"]
+pytest_plugins = ["bnspec.measure.plugin"]
 
-from bnspec import DEVICES
+from bnspec import DEVICES  # noqa: E402
 
-
-@pytest.fixture(scope="session")
-def flavour() -> str:
-    from bnspec import flavours
-
-    return flavours.current()
+SEED = 20150211  # the paper's arXiv date: every test starts from this seed
 
 
 @pytest.fixture(scope="session")
-def keras(flavour):
-    """The Keras module under test (keras or tf_keras) on the backend under test (KERAS_BACKEND):
-    tests never import Keras themselves. float32 matmuls are made float32 (no TF32) on every backend,
-    and PyTorch uses one thread per process (bnspec.backend.configure)."""
-    from bnspec import BnspecError, backend, flavours
+def flavour(run) -> str:
+    return run.flavour
+
+
+@pytest.fixture(scope="session")
+def backend_name(run) -> str:
+    return run.backend
+
+
+@pytest.fixture(scope="session")
+def keras(run):
+    """The Keras module under test (keras or tf_keras) on the run's backend, with the run's mutant patched in
+    (bnspec mutants only): tests never import Keras themselves. float32 matmuls are made float32 (no TF32)
+    on every backend, and PyTorch uses one thread per process (bnspec.measure.backend.Backend.configure)."""
+    from bnspec import BnspecError
+    from bnspec.measure.backend import Backend
+    from bnspec.subjects import keras_for
 
     try:
-        module = flavours.keras_module(flavour)
+        module = keras_for(run)
     except BnspecError as exc:
         pytest.skip(str(exc))
-    backend.configure()
+    Backend(run.backend).configure()
     return module
 
 
 @pytest.fixture(scope="session")
-def backend_name(flavour) -> str:
-    from bnspec import flavours
+def B(run, keras):
+    """The backend primitives of the run (bnspec.measure.backend.Backend): to_numpy, gradients, function, ..."""
+    from bnspec.measure.backend import Backend
 
-    return flavours.backend(flavour)
+    return Backend(run.backend)
+
+
+@pytest.fixture(autouse=True)
+def _seeded(request):
+    """Every test that uses Keras starts from the same seed, whatever ran before it in this process (which
+    test a pytest-xdist worker ran first, or whether it trained a model with op determinism switched on):
+    the same run twice measures the same numbers."""
+    if "keras" in request.fixturenames:
+        request.getfixturevalue("keras").utils.set_random_seed(SEED)
 
 
 @pytest.fixture(scope="session")
@@ -56,47 +75,43 @@ def tf(keras, backend_name):
 
 
 @pytest.fixture(scope="session")
-def gpus(keras) -> list:
-    from bnspec import backend
-
-    return backend.gpus()
+def gpus(B) -> list:
+    return B.gpus()
 
 
 @pytest.fixture(params=DEVICES)
-def device(request, keras, gpus):
+def device(request, keras, B, gpus):
     """Runs the test body on the device: CPU always, GPU when the backend sees one (else skipped)."""
-    from bnspec import backend
-
     if request.param == "gpu" and not gpus:
-        pytest.skip(f"no GPU visible to {backend.name()}")
-    with backend.device_scope(keras, request.param):
+        pytest.skip(f"no GPU visible to {B.name}")
+    with B.device_scope(keras, request.param):
         yield request.param
 
 
 @pytest.fixture(scope="session")
 def mnist():
-    """The study notebook's preprocessed splits (bnspec.data.Splits), from the verified MNIST."""
-    from bnspec import data
+    """The study notebook's preprocessed splits (bnspec.subjects.data.Splits), from the verified MNIST."""
+    from bnspec.subjects import data
 
     return data.preprocess(data.load_mnist())
 
 
 @pytest.fixture(scope="session")
-def trained(keras):
-    """The notebook's model trained for 10 epochs (bnspec.training.Trained), from the cache.
+def trained(run, keras):
+    """The notebook's model trained for 10 epochs (bnspec.subjects.training.Trained), from the cache.
     `trained.model` is shared: tests that change it must use `trained.fresh()`."""
-    from bnspec import training
+    from bnspec.subjects import training
 
-    return training.trained()
+    return training.trained(run, keras=keras)
 
 
 @pytest.fixture(scope="session")
-def trained_explicit(keras):
-    """The same model and training with bnspec.layers.ExplicitBatchNorm in place of Keras' layer."""
-    from bnspec import training
-    from bnspec.model import ModelSpec
+def trained_explicit(run, keras):
+    """The same model and training with bnspec.subjects.layers' ExplicitBatchNorm in place of Keras' layer."""
+    from bnspec.subjects import training
+    from bnspec.subjects.model import ModelSpec
 
-    return training.trained(ModelSpec(bn="explicit"))
+    return training.trained(run, ModelSpec(bn="explicit"), keras=keras)
 
 
 @pytest.fixture(autouse=True)
@@ -115,4 +130,4 @@ def rng():
     """A fixed-seed generator: the same run twice measures the same numbers."""
     import numpy as np
 
-    return np.random.default_rng(20150211)
+    return np.random.default_rng(SEED)

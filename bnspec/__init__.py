@@ -1,32 +1,48 @@
-"""bnspec: an executable, behavioural specification of Batch Normalization in TensorFlow/Keras.
+"""bnspec: an executable, behavioural specification of Batch Normalization in Keras.
 
-Importing the package is cheap and never imports TensorFlow. The modules that need it
-(`bnspec.model`, `bnspec.training`, `bnspec.layers`) ask for it through
-`bnspec.flavours.keras_module()`, which fails with one clear line naming the extra to install.
+Importing the package is cheap and never imports TensorFlow. Keras (and with it TensorFlow, JAX or PyTorch)
+is imported only through `bnspec.flavours.keras_module(run)`, which fails with one clear line naming the
+extra to install.
 
-Module map (data flows top to bottom):
-  data       MNIST from the first source that works, sha256-verified, cached as one .npz
-  model      ModelSpec (frozen) -> the study notebook's MLP with BN before each activation
-  cache      keyed, locked, atomic train-once store (no TensorFlow)
-  training   ModelSpec + TrainSpec -> trained model through the cache
-  claims     the registry: one Claim record per claim, data only
-  reference  numpy float64 BN math: Algorithm 1 forward/backward, Algorithm 2, float32 error bounds (no TensorFlow)
-  layers     ExplicitBatchNorm: BN coded from the paper as a Keras layer
-  popstats   population statistics recomputed with frozen weights (Algorithm 2 / PreciseBN)
-  convert    BN state between Keras' and PyTorch's conventions (numbers only)
-  flavours   which Keras is under test (keras3 | tfkeras | keras-nightly), versions without TensorFlow
-  probes     measuring helpers shared by the claim tests (weight snapshots, entry points)
-  paper      the paper's MNIST experiment (Figure 1), cached, with its figure and report section
-  bench      pytest-benchmark JSON -> the report's benchmark section (no TensorFlow)
-  plugin     pytest plugin: claim marker, verdict fixture, results JSON (loaded by conftest.py)
-  results    the results JSON written by the pytest plugin, read by the report
-  report     results JSON -> reports/REPORT.md (no TensorFlow)
-  cli        `bnspec run | report | data | train | paper | compare | claims | cache`
+The house has floors; a module imports only from lower floors or from its own room (its package), and no
+import closes a circle (tests/unit/test_architecture.py checks both, function-level imports included). This
+package's root (BnspecError, DEVICES, FLOORS) is the ground every floor stands on.
+
+  floor 0  ground     paths (cache directory, atomic writes), provenance (code fingerprint, commit)
+  floor 1  flavours   which Keras flavours exist; the one import of Keras (keras_module(run))
+  floor 2  run        Run (flavour, backend, device, mutant: made once per entry point, passed down; the one
+                      reader of their environment variables), Environment (what measured a run)
+  floor 3  knowledge  claims/ (the registry: data), reference (numpy float64 BN math and float32 bounds),
+                      convert (BN state between Keras' and PyTorch's conventions), results (typed results
+                      files: Results, RunRecord, Case; merge, compare), releases (the release catalogue)
+  floor 4  measure/   backend (what differs between backends), verdict (the vocabulary: within, power,
+                      mechanism, conclude), status (a claim's status folded from its cases), plugin (pytest)
+  floor 5  subjects/  what is measured on: data (MNIST), model, layers (ExplicitBatchNorm), cache, training,
+                      popstats, replicas (multi-replica children), paper (the paper's experiment), mutants
+                      (the deliberately wrong BN layers)
+  floor 6  harness/   runner (the one launcher of the claim suite), history (every release), mutants (the
+                      kill matrix);  report/ (results -> REPORT.md, EVIDENCE.md, pages);  audit/ (a user's model)
+  floor 7  cli        `bnspec run | report | data | train | paper | compare | claims | cache | audit | history | mutants`
+           __main__   `python -m bnspec` (floor 8)
+
+The claim tests live in tests/claims/test_<topic>.py beside their claims in bnspec/claims/<topic>.py; what
+they share is tests/claims/_kit.py.
 """
 
 __version__ = "0.1.0"
 
-DEVICES = ("cpu", "gpu")  # the device axis of the claim tests: CPU always, GPU when TensorFlow sees one
+DEVICES = ("cpu", "gpu")  # the device axis of the claim tests: CPU always, GPU when the backend sees one
+
+# module or package (dotted, under bnspec) -> floor; the longest matching prefix decides (see the docstring)
+FLOORS = {
+    "bnspec": -1, "bnspec.paths": 0, "bnspec.provenance": 0,
+    "bnspec.flavours": 1, "bnspec.run": 2,
+    "bnspec.claims": 3, "bnspec.reference": 3, "bnspec.convert": 3, "bnspec.results": 3, "bnspec.releases": 3,
+    "bnspec.measure": 4,
+    "bnspec.subjects": 5,
+    "bnspec.harness": 6, "bnspec.report": 6, "bnspec.audit": 6,
+    "bnspec.cli": 7, "bnspec.__main__": 8,
+}
 
 
 class BnspecError(Exception):

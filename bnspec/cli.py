@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -74,10 +73,10 @@ def _parser() -> argparse.ArgumentParser:
     from bnspec.audit import cli as audit_cli  # no TensorFlow at import
 
     audit_cli.register(sub)
-    from bnspec import mutants  # no TensorFlow at import
+    from bnspec.harness import mutants  # no TensorFlow at import
 
     mutants.register(sub)
-    from bnspec import history  # no TensorFlow at import
+    from bnspec.harness import history  # no TensorFlow at import
 
     history.register(sub)
     sub.add_parser("claims", help="list the claims in the registry")
@@ -102,7 +101,8 @@ def _cmd_report(args) -> int:
 
 
 def _cmd_paper(args) -> int:
-    from bnspec import paper, report
+    from bnspec import report
+    from bnspec.subjects import paper
     from bnspec.report.paper import summary_lines
 
     res = paper.all_results()
@@ -124,7 +124,7 @@ def _cmd_compare(args) -> int:
     diffs = results.compare(a, b)
     n = sum(len(results.verdicts(d)) for d in a)
     if not diffs:
-        print(f"bnspec: identical verdict tables ({n} test cases; {', '.join(results.key(d) for d in a)})")
+        print(f"bnspec: identical verdict tables ({n} test cases; {', '.join(d.key for d in a)})")
         return 0
     print(f"bnspec: {len(diffs)} difference(s) between {args.first} and {args.second}:")
     for line in diffs:
@@ -133,23 +133,25 @@ def _cmd_compare(args) -> int:
 
 
 def _cmd_data(args) -> int:
-    from bnspec import data
+    from bnspec.subjects import data
 
     (xtr, ytr), (xte, yte) = data.load_mnist()
-    print(f"MNIST verified: train {xtr.shape}, test {xte.shape}; cache {data.cache_path() if not os.environ.get('BNSPEC_MNIST') else os.environ['BNSPEC_MNIST']}")
+    print(f"MNIST verified: train {xtr.shape}, test {xte.shape}; from {data.where()}")
     return 0
 
 
 def _cmd_train(args) -> int:
-    from bnspec import training
+    from bnspec.run import Run
+    from bnspec.subjects import keras_for, training
+    from bnspec.subjects.model import ModelSpec
 
     spec = training.TrainSpec() if args.epochs is None else training.TrainSpec(epochs=args.epochs)
     if spec.epochs < 1:
         raise BnspecError("--epochs must be >= 1")
-    from bnspec.model import ModelSpec
-
+    run = Run.from_env()
+    keras = keras_for(run)
     for bn in ("keras", "explicit") if args.bn == "all" else (args.bn,):
-        t = training.trained(ModelSpec(bn=bn), train=spec)
+        t = training.trained(run, ModelSpec(bn=bn), train=spec, keras=keras)
         print(f"model ({bn} BN): {t.path} ({'trained now' if t.created else 'reused from cache'}; "
               f"test accuracy {t.metrics['test_accuracy']:.4f})")
     return 0
@@ -184,7 +186,8 @@ def _claim_tests() -> dict[str, list[str]]:
 
 
 def _cmd_cache(args) -> int:
-    from bnspec import paths, training
+    from bnspec import paths
+    from bnspec.subjects import training
 
     home = paths.home()
     print(f"cache directory: {home}  (set BNSPEC_HOME to move it)")
@@ -199,59 +202,66 @@ def _cmd_cache(args) -> int:
     return 0
 
 
-def _run_options(args, parser) -> tuple[list[str], dict]:
-    """bnspec run's own options -> (pytest arguments, environment); conflicts are usage errors."""
+def _run_of(args, parser):
+    """bnspec run's run: the environment's flavour and backend (--flavour overrides the flavour, unless the
+    environment says otherwise) and --device; conflicts are usage errors."""
+    from bnspec.run import FLAVOUR_VAR, LEGACY_VAR, Run
+
+    environ = dict(os.environ)
+    if args.flavour:
+        conflict = Run.flavour_conflict(args.flavour)
+        if conflict:
+            parser.error(conflict)
+        environ[FLAVOUR_VAR] = args.flavour
+        if args.flavour == "tfkeras":
+            environ[LEGACY_VAR] = "1"
+    return Run.from_env(environ, device=args.device)
+
+
+def _run_options(args, parser) -> list[str]:
+    """bnspec run's own options -> pytest arguments; an unknown claim id is a usage error."""
     from bnspec import claims
 
-    extra, env = [], dict(os.environ)
     ids = [c.strip().upper() for arg in args.claim for c in arg.split(",") if c.strip()]
     unknown = [c for c in ids if c not in claims.BY_ID]
     if unknown:
         parser.error(f"unknown claim id(s) {', '.join(unknown)}; `bnspec claims` lists them")
-    if ids:
-        extra.append(f"--bnspec-claims={','.join(ids)}")
-    if args.device:
-        extra.append(f"--bnspec-device={args.device}")
-    if args.flavour:
-        current = os.environ.get("BNSPEC_FLAVOUR")
-        legacy = os.environ.get("TF_USE_LEGACY_KERAS", "").lower() in ("1", "true", "yes")
-        if (current and current != args.flavour) or (legacy and args.flavour != "tfkeras"):
-            parser.error(f"--flavour {args.flavour} conflicts with the environment "
-                         f"(BNSPEC_FLAVOUR={current or ''}, TF_USE_LEGACY_KERAS={os.environ.get('TF_USE_LEGACY_KERAS', '')})")
-        env["BNSPEC_FLAVOUR"] = args.flavour
-        if args.flavour == "tfkeras":
-            env["TF_USE_LEGACY_KERAS"] = "1"
-    return extra, env
+    return [f"--bnspec-claims={','.join(ids)}"] if ids else []
 
 
 def _cmd_run(args, pytest_args: list[str], parser=None) -> int:
-    own, env = _run_options(args, parser or _parser())
-    cmd = [sys.executable, "-m", "pytest"] + own
+    from bnspec.harness import runner
+
+    parser = parser or _parser()
+    run = _run_of(args, parser)
+    own = _run_options(args, parser)
     if not any(a == "-n" or a.startswith("-n") or a.startswith("--numprocesses") for a in pytest_args):
-        cmd += ["-n", "auto"]
+        own += ["-n", "auto"]
     if not args.all and not any(not a.startswith("-") and Path(a.split("::")[0]).exists() for a in pytest_args):
-        cmd.append("tests/claims")  # the main job measures the claims; --all adds bnspec's own tests
-    cmd += pytest_args
-    print(f"bnspec: {' '.join(cmd)}", flush=True)
-    code = subprocess.call(cmd, env=env)
+        own.append("tests/claims")  # the main job measures the claims; --all adds bnspec's own tests
+    print(f"bnspec: run {run.key} ({run.describe()}): {' '.join(runner.command(run, own + pytest_args))}", flush=True)
+    code = runner.claim_suite(run, own + pytest_args, env=os.environ).returncode
+    if code not in (0, 1):  # usage error, internal error, interrupted, or nothing measured: the report stays
+        print(f"bnspec: pytest exited {code}; the report is unchanged", file=sys.stderr)
+        return code
     if not args.no_report and Path("reports/raw").is_dir():
         from bnspec import report
 
         target = report.write(Path("reports/raw"), Path("reports"))
         print(f"bnspec: wrote {target}")
-        if code == 0 and args.strict and _unmeasured_now():
+        if code == 0 and args.strict and _unmeasured_now(run):
             print("bnspec: --strict: some claims are unmeasured on this run (see the terminal summary)", file=sys.stderr)
             return 3
     return code
 
 
-def _unmeasured_now() -> bool:
-    from bnspec import flavours, results
-    from bnspec.report import verdicts
+def _unmeasured_now(run) -> bool:
+    """Whether a claim is unmeasured in the results file this run wrote (reports/raw/<run key>.json)."""
+    from bnspec import results
+    from bnspec.measure import status
 
-    key = flavours.current() if flavours.backend() == "tensorflow" else f"{flavours.current()}-{flavours.backend()}"
-    doc = results.load(Path("reports/raw") / f"{key}.json")
-    return any(s["status"] == verdicts.UNMEASURED for s in verdicts.summarise(doc).values())
+    doc = results.load(Path("reports/raw") / f"{run.key}.json")
+    return any(s.status == status.UNMEASURED for s in status.summarise(doc).values())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -269,11 +279,11 @@ def main(argv: list[str] | None = None) -> int:
 
             return audit_cli.run(args)
         if args.command == "mutants":
-            from bnspec import mutants
+            from bnspec.harness import mutants
 
             return mutants.run(args)
         if args.command == "history":
-            from bnspec import history
+            from bnspec.harness import history
 
             return history.main(args)
         return {"report": _cmd_report, "data": _cmd_data, "train": _cmd_train, "claims": _cmd_claims,

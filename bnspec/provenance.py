@@ -6,8 +6,10 @@ A run's results carry
     whether or not the tree is a git checkout;
   - `commit` (short) and `dirty`: for people, where git is available.
 Modules that do not change what is measured (the claim registry, whose expectations the report
-re-applies, the report, the CLI, the audit, the mutation harness) are left out of the fingerprint, so
-editing the report does not make every result stale.
+re-applies, the results schema, the report, the CLI, the audit, the harnesses that start runs, the release
+catalogue) are left out of the fingerprint, so editing the report does not make every result stale. The
+mutant layers (bnspec/subjects/mutants.py) are left out too: they never run outside the mutation harness,
+whose results name the mutant and are never merged into the report.
 """
 
 from __future__ import annotations
@@ -23,8 +25,9 @@ PACKAGE = Path(__file__).resolve().parent
 MEASURING = ("bnspec", "tests/claims", "conftest.py")
 # ... except these (relative to the repository root): they render, select or describe, not measure.
 NOT_MEASURING = (
-    "bnspec/claims", "bnspec/report", "bnspec/cli.py", "bnspec/audit", "bnspec/mutants.py", "bnspec/bench.py",
-    "bnspec/results.py", "bnspec/provenance.py", "bnspec/__main__.py", "bnspec/history.py",
+    "bnspec/claims", "bnspec/report", "bnspec/cli.py", "bnspec/audit", "bnspec/harness", "bnspec/releases.py",
+    "bnspec/results.py", "bnspec/provenance.py", "bnspec/__main__.py", "bnspec/subjects/mutants.py", "bnspec/measure/status.py",
+    "bnspec/subjects/mutants",
 )
 
 

@@ -1,5 +1,5 @@
-"""`bnspec audit MODEL`: the command line of bnspec.audit. `--help` and `--static-only` on a saved
-file import no Keras and no TensorFlow.
+"""`bnspec audit MODEL`: the command line of bnspec.audit. `--help` and `--static` on a saved file import
+no Keras and no TensorFlow. An entry point: it makes the run (bnspec.run.Run) once and passes it down.
 
 Exit status: 0 no finding at or above --fail-on (default: warning), 1 findings at or above it,
 2 usage errors (unreadable model or data, bad arguments).
@@ -42,7 +42,7 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the findings as JSON")
     p.add_argument("--fail-on", choices=SEVERITIES, default="warning",
                    help="exit 1 when a finding has at least this severity (default: warning)")
-    p.add_argument("--static-only", action="store_true",
+    p.add_argument("--static", "--static-only", dest="static_only", action="store_true",
                    help="no forward pass; for a saved file, read its config only (no Keras import)")
     p.add_argument("--max-examples", type=int, default=64, metavar="N",
                    help="use at most N examples of --data (default 64)")
@@ -55,13 +55,16 @@ def run(args) -> int:
     try:
         if args.max_examples < 2:
             raise UsageError("--max-examples must be at least 2")
+        run, why = audit.current_run()  # None (and why) when the environment names no valid run: static still runs
         if args.static_only and not audit._looks_like_factory(args.model):
             if args.data:
-                raise UsageError("--data needs the dynamic checks: drop --static-only")
-            result = audit.check_file(args.model)
+                raise UsageError("--data needs the dynamic checks: drop --static")
+            result = audit.check_file(args.model, run=run)
+        elif run is None and not args.static_only:
+            raise UsageError(f"the dynamic checks need Keras: {why} (or audit with --static)")
         else:
             result = audit.check(args.model, data=args.data, dynamic=not args.static_only,
-                                 max_examples=args.max_examples, seed=args.seed)
+                                 max_examples=args.max_examples, seed=args.seed, run=run)
     except UsageError as exc:
         print(f"bnspec audit: {exc}", file=sys.stderr)
         return 2

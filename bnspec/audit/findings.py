@@ -9,10 +9,7 @@ catalogue does not (yet) hold is still named; its verdict then reads "claim not 
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 SEVERITIES = ("info", "warning", "error")
 RANK = {name: i for i, name in enumerate(SEVERITIES)}
@@ -85,7 +82,7 @@ class Findings(list):
     def table(self, max_group: int = 4) -> str:
         from bnspec.audit.render import table
 
-        return table(self, max_group=max_group)
+        return table(self, self.context, self.notes, SEVERITIES, max_group=max_group)
 
     def __str__(self) -> str:
         return self.table()
@@ -145,29 +142,15 @@ def _vtuple(version: str | None) -> tuple[int, ...] | None:
     return tuple(out) or None
 
 
-def configured_backend() -> str:
-    """The Keras 3 backend this process would use, without importing Keras: KERAS_BACKEND, else
-    $KERAS_HOME/keras.json (default ~/.keras), else tensorflow."""
-    name = os.environ.get("KERAS_BACKEND")
-    if name:
-        return name
-    home = Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras")
-    try:
-        return json.loads((home / "keras.json").read_text()).get("backend") or "tensorflow"
-    except (OSError, ValueError, AttributeError):
-        return "tensorflow"
-
-
-def target(file_version: str | None = None, file_family: str | None = None) -> Target:
-    """The installed flavour and version (package metadata only); falls back to what a saved file says."""
+def target(run=None, file_version: str | None = None, file_family: str | None = None) -> Target:
+    """The Keras whose verdicts apply: the run's flavour at its installed version (package metadata only, no
+    import) on the run's backend; where that flavour is not installed, the version a saved file names. `run`
+    (a bnspec.run.Run) is None when the environment names no valid run: a static audit still reports."""
     from bnspec import flavours
 
-    try:
-        flavour = flavours.current()
-        version = flavours.versions(flavour)["keras"]
-    except Exception:  # noqa: BLE001 - a broken environment still gets a static audit
-        flavour, version = "keras3", None
-    backend = "tensorflow" if flavour == "tfkeras" else configured_backend()
+    flavour = run.flavour if run is not None else "keras3"
+    backend = run.backend if run is not None else "tensorflow"
+    version = flavours.distribution_version(flavour)
     if version:
         return Target(flavour, version, backend, "installed")
     if file_version:

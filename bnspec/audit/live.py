@@ -2,7 +2,7 @@
 the objects the caller built with the flavour's Keras).
 
 Functional and Sequential models give their config (`get_config()`, the same JSON a `.keras`
-archive holds), parsed by bnspec.audit.static; the live objects are attached to the tree so that
+archive holds), parsed by bnspec.audit.tree; the live objects are attached to the tree so that
 custom layers' `call` signatures can be inspected. Subclassed models have no graph in their config:
 their tree is built from the tracked sub-layers, and the source of every user-defined `call` is
 read with `ast` for BN layers called with a constant `training` argument, or called at several
@@ -15,9 +15,9 @@ import ast
 import inspect
 import textwrap
 
-from bnspec.audit import static
+from bnspec.audit.checks.training_mode import hardcoded_findings
 from bnspec.audit.findings import Finding, Target, make
-from bnspec.audit.static import BN_CLASSES, Layer
+from bnspec.audit.tree import BN_CLASSES, Layer, parse
 
 
 def is_bn(obj) -> bool:
@@ -26,6 +26,11 @@ def is_bn(obj) -> bool:
 
 def is_model(obj) -> bool:
     return any(cls.__name__ in ("Model", "Functional", "Sequential") for cls in type(obj).__mro__)
+
+
+def is_wrapper(obj) -> bool:
+    """TimeDistributed, Bidirectional and other keras.layers.Wrapper subclasses (the inner layer in `.layer`)."""
+    return any(cls.__name__ == "Wrapper" for cls in type(obj).__mro__) and hasattr(obj, "layer")
 
 
 def _keras_class(obj) -> bool:
@@ -74,7 +79,7 @@ def _build_shape(obj):
 
 
 def _walk_objects(obj, path: str, parent: Layer | None, seen: dict) -> Layer:
-    kind = "bn" if is_bn(obj) else ("subclassed" if is_model(obj) else "layer")
+    kind = "bn" if is_bn(obj) else ("subclassed" if is_model(obj) else ("wrapper" if is_wrapper(obj) else "layer"))
     node = Layer(name=obj.name, class_name=type(obj).__name__, module=type(obj).__module__, config=_config(obj),
                  kind=kind, path=path, parent=parent, obj=obj, build_shape=_build_shape(obj))
     if id(obj) in seen:  # the same object tracked twice: keep one node
@@ -97,7 +102,7 @@ def _attach(root: Layer, model) -> None:
         if child.kind == "layer" and not child.children and children(obj):
             seen: dict = {}
             child.children = [_walk_objects(c, f"{child.path}/{c.name}", child, seen) for c in children(obj)]
-            child.kind = "subclassed"
+            child.kind = "wrapper" if is_wrapper(obj) else "subclassed"
             child.obj = obj
         else:
             _attach(child, obj)
@@ -118,7 +123,7 @@ def tree(model) -> tuple[Layer, list[str]]:
         if isinstance(cfg, dict) and isinstance(cfg.get("layers"), list):
             entry = {"class_name": type(model).__name__, "module": type(model).__module__, "config": cfg}
             try:
-                root = static.parse(entry)
+                root = parse(entry)
                 _attach(root, model)
                 return root, notes
             except Exception as exc:  # noqa: BLE001
@@ -192,7 +197,7 @@ def scan_calls(root: Layer, target: Target) -> tuple[list[Finding], list[str]]:
                 if kw.arg == "training" and isinstance(kw.value, ast.Constant) and isinstance(kw.value.value, bool):
                     where = {"in": f"{type(obj).__name__}.call", "source": f"self.{func.attr}(..., training="
                              f"{kw.value.value})", "line_in_call": call.lineno}
-                    findings += static.hardcoded_findings(child, kw.value.value, "subclassed", where, target)
+                    findings += hardcoded_findings(child, kw.value.value, "subclassed", where, target)
         for child, lines in counts.items():
             if len(lines) > 1 and -1 not in lines:
                 findings.append(make(

@@ -1,11 +1,10 @@
 """Human output of an audit: a table of findings, then one detail block per finding (or per group of
-findings of the same kind), then what was not checked. No Keras."""
+findings of the same kind), then what was not checked. No Keras; no import of the audit's other modules:
+it formats the findings, context and notes it is given (`Findings.table()` calls it)."""
 
 from __future__ import annotations
 
 import textwrap
-
-from bnspec.audit.findings import RANK, Findings
 
 WIDTH = 100
 
@@ -15,7 +14,7 @@ def _cut(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def _groups(findings: Findings, max_group: int):
+def _groups(findings: list, max_group: int):
     """Findings of one (id, check, severity) beyond `max_group` layers are shown as one row."""
     by_key: dict = {}
     for f in findings:
@@ -45,8 +44,11 @@ def _wrap(label: str, text: str) -> list[str]:
     return textwrap.wrap(f"{label}{text}", WIDTH, initial_indent="    ", subsequent_indent="      ")
 
 
-def table(findings: Findings, max_group: int = 4) -> str:
-    ctx = findings.context
+def table(findings: list, context: dict, notes: list, severities: tuple, max_group: int = 4) -> str:
+    """The findings (records with id, check, severity, layer, title, claim, verdict, verdict_detail, evidence,
+    confirmed, fix), under a head made of `context`, followed by the `notes` (what was not checked);
+    `severities` in rising order."""
+    ctx = context
     head = f"bnspec audit: {ctx.get('model', '?')}"
     where = f"{ctx.get('flavour')} {ctx.get('keras') or '(version unknown)'}, {ctx.get('backend')} backend"
     if ctx.get("verdicts_for") and ctx.get("verdicts_for") != "installed":
@@ -79,9 +81,9 @@ def table(findings: Findings, max_group: int = 4) -> str:
                 lines += _wrap("measured: ", _fmt(c) if not isinstance(c, str) else c)
             if f.fix:
                 lines += _wrap("fix: ", f.fix)
-    counts = {s: sum(f.severity == s for f in findings) for s in sorted(RANK, key=RANK.get, reverse=True)}
+    counts = {s: sum(f.severity == s for f in findings) for s in reversed(severities)}
     lines.append("")
     lines.append("result: " + (", ".join(f"{n} {s}" for s, n in counts.items()) if findings else "no findings"))
-    for note in findings.notes:
+    for note in notes:
         lines += textwrap.wrap(f"not checked: {note}", WIDTH, initial_indent="  ", subsequent_indent="    ")
     return "\n".join(lines)

@@ -30,7 +30,7 @@ CLAIMS = (
         f"{NB} cells 265 and 320, and the conclusion after cell 340",
         expected=(Expect(REFUTED, mechanism="moving_unchanged", why="inference never updates moving statistics; the notebook saw the "
                          "updates of the layers it had hard-coded with training=True"),),
-        advice="don't expect predict() or model(x) to adapt the moving statistics to new data; to re-estimate them, run training-mode passes (or bnspec.popstats.recompute) with frozen weights",
+        advice="don't expect predict() or model(x) to adapt the moving statistics to new data; to re-estimate them, run training-mode passes (or bnspec.subjects.popstats.recompute) with frozen weights",
     ),
     Claim(
         "N04",

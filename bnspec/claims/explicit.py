@@ -1,4 +1,4 @@
-"""BN from scratch: ExplicitBatchNorm (bnspec.layers), coded from the paper, against Keras and the numpy reference.
+"""BN from scratch: ExplicitBatchNorm (bnspec.subjects.layers), coded from the paper, against Keras and the numpy reference.
 
 Tests: tests/claims/test_explicit.py."""
 
@@ -11,9 +11,9 @@ CLAIMS = (
     Claim(
         "E01",
         "explicit BN forward = Keras = reference",
-        "ExplicitBatchNorm (bnspec.layers, coded from Algorithm 1) gives the same forward output as Keras' "
+        "ExplicitBatchNorm (bnspec.subjects.layers, coded from Algorithm 1) gives the same forward output as Keras' "
         "BatchNormalization and the numpy reference, in training mode, inference mode and when frozen.",
-        f"{PAPER} Algorithms 1-2; {KD}; bnspec.layers",
+        f"{PAPER} Algorithms 1-2; {KD}; bnspec.subjects.layers",
     ),
     Claim(
         "E02",
@@ -27,7 +27,7 @@ CLAIMS = (
         "moving statistics agree after N updates",
         "After N training-mode updates the moving statistics of ExplicitBatchNorm, of Keras' layer and of "
         "the numpy EMA reference agree.",
-        f"{KD} (update rule); bnspec.layers",
+        f"{KD} (update rule); bnspec.subjects.layers",
         expected=(
             Expect(REFUTED, flavour="tfkeras", case="shape=nhwc_axis-1", why=FUSED_UNBIASED, mechanism="unbiased_moving_variance"),
             Expect(REFUTED, flavour="tfkeras", case="shape=nchw_axis1", why=FUSED_UNBIASED, mechanism="unbiased_moving_variance"),
@@ -44,7 +44,7 @@ CLAIMS = (
     Claim(
         "E05",
         "popstats.recompute = Algorithm 2",
-        "bnspec.popstats.recompute sets the moving statistics of either layer to Algorithm 2's population "
+        "bnspec.subjects.popstats.recompute sets the moving statistics of either layer to Algorithm 2's population "
         "statistics (mean of batch means, m/(m-1) x mean of batch variances).",
         f"{PAPER} Algorithm 2 steps 8-10",
     ),
@@ -53,7 +53,7 @@ CLAIMS = (
         "Keras and explicit models train alike",
         "The notebook's model with Keras' BN and with ExplicitBatchNorm, from identical weights on identical "
         "batches, stay equal for 100 training steps (to the divergence that rounding alone causes).",
-        f"{NB} closing plan ('v2 with batch normalization explicitly coded'); bnspec.layers",
+        f"{NB} closing plan ('v2 with batch normalization explicitly coded'); bnspec.subjects.layers",
         note="threshold: 10x the divergence of the Keras model trained from weights perturbed by one float32 ulp "
         "(the rounding baseline); a control layer that normalises with the unbiased variance, trained the same "
         "100 steps, must exceed it",
@@ -63,12 +63,12 @@ CLAIMS = (
         "trained accuracies agree within sampling error",
         "After the full cached training (10 epochs) the two models' test accuracies differ by less than the paired "
         "sampling error 6*sqrt(n01+n10)/n (McNemar: n01, n10 = test images only one of the models gets right).",
-        f"{NB} closing plan; bnspec.layers",
+        f"{NB} closing plan; bnspec.subjects.layers",
     ),
     Claim(
         "E08",
         "ExplicitBatchNorm serialises",
         "ExplicitBatchNorm survives get_config/from_config and a .keras save/load with its statistics and outputs.",
-        "Keras serialization guide; bnspec.layers",
+        "Keras serialization guide; bnspec.subjects.layers",
     ),
 )

@@ -134,7 +134,7 @@ CLAIMS = (
         f"statistics were detached); {PAPER} section 3",
         expected=(Expect(HOLDS, why="every backend differentiates through moments(); torch stopped detaching the "
                                     "statistics in Keras 3.0.5"),),
-        note=("Gradients through bnspec.backend.gradients (tf.GradientTape, jax.grad, torch.autograd) against "
+        note=("Gradients through bnspec.measure.backend.gradients (tf.GradientTape, jax.grad, torch.autograd) against "
               "reference.bn_backward with reference.bn_backward_bound; the test needs the detached-statistics "
               "gradient (what torch gave before 3.0.5) to fall outside the bound. Shapes 7 x 3, 8 x 4 x 4 x 6 "
               "(axis -1) and 8 x 6 x 4 x 4 (axis 1). Believed (TRAPS.md): holds on current releases. Measured: "

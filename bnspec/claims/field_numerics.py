@@ -234,7 +234,7 @@ CLAIMS = (
               "unaffected."),
         advice=("don't read a renorm layer's moving_variance as a variance estimate: it is (EMA of the standard "
                 "deviations)^2 - epsilon, smaller than the EMA of the variances when batch variances fluctuate; "
-                "re-estimate the statistics (bnspec.popstats) if you need the population variance"),
+                "re-estimate the statistics (bnspec.subjects.popstats) if you need the population variance"),
     ),
     Claim(
         "C26",

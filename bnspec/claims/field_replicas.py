@@ -2,7 +2,7 @@
 DataParallel report about batch statistics, moving statistics and empty batches with two replicas.
 
 Tests: tests/claims/test_field_replicas.py. The multi-replica experiments run in child processes
-(bnspec.replicas): two logical CPU devices for TensorFlow, two host devices for JAX, no GPU needed."""
+(bnspec.subjects.replicas): two logical CPU devices for TensorFlow, two host devices for JAX, no GPU needed."""
 
 from bnspec.claims._model import KD, Claim, Expect, HOLDS, REFUTED
 

@@ -1,4 +1,4 @@
-"""The paper's MNIST experiment: §4.1 and Figure 1, reproduced by bnspec.paper (slow).
+"""The paper's MNIST experiment: §4.1 and Figure 1, reproduced by bnspec.subjects.paper (slow).
 
 Tests: tests/claims/test_paper_experiment.py."""
 

@@ -18,34 +18,44 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bnspec import paths, provenance, results
+from bnspec import BnspecError, paths, provenance, results
 from bnspec.report import verdicts as v
+from bnspec.results import Results
 
 MAX_BYTES, MAX_LINE = 60_000, 300  # REPORT.md stays a readable landing page
 
 
-def merged_docs(raw_dir: Path, out_dir: Path, log=print) -> list[dict]:
+def merged_docs(raw_dir: Path, out_dir: Path, log=print) -> list[Results]:
     """Every run key's results: reports/results.json, with each key that has a raw file replaced by it
-    (raw files accumulate every run of this checkout; results.json is what was committed)."""
+    (raw files accumulate every run of this checkout; results.json is what was committed). A file that names
+    a mutant (the mutation harness' results) is refused: a deliberately wrong layer's results are never
+    merged into the report."""
     docs = {}
     merged_path = out_dir / "results.json"
     raw = sorted(Path(raw_dir).glob("*.json")) if Path(raw_dir).is_dir() else []
     if merged_path.is_file():
         try:
             for d in results.load_any(merged_path):
-                docs[results.key(d)] = d
+                docs[d.key] = _no_mutant(d, merged_path)
         except results.ResultsError as exc:
             if not raw:
                 raise
             log(f"bnspec: ignoring {merged_path} ({exc}); the report is made from {raw_dir} alone")
     for f in raw:
-        d = results.load(f)
-        docs[results.key(d)] = d
+        d = _no_mutant(results.load(f), f)
+        docs[d.key] = d
     if not docs:
         raise results.ResultsError(f"{raw_dir}: no results files and no {merged_path}; run the tests first (bnspec run)")
     if not raw:
         log(f"bnspec: no results in {raw_dir}; re-rendering from {merged_path}")
     return results.in_order(docs.values())
+
+
+def _no_mutant(doc: Results, origin) -> Results:
+    if doc.mutant:
+        raise BnspecError(f"{origin}: these results were measured with the mutant {doc.mutant!r} (a deliberately "
+                          "wrong BN layer, bnspec mutants); they are never merged into the report: move the file away")
+    return doc
 
 
 def _sections(out_dir: Path) -> tuple[list[str], dict[str, str]]:
@@ -70,34 +80,30 @@ def _sections(out_dir: Path) -> tuple[list[str], dict[str, str]]:
     return lines, pages
 
 
-def render(docs: list[dict], out_dir: Path, fingerprint: str | None = None) -> dict[str, str]:
+def render(docs: list[Results], out_dir: Path, fingerprint: str | None = None) -> dict[str, str]:
     """{page name: text}: REPORT.md, EVIDENCE.md and the pages sections link to, for these results;
     `fingerprint` is the current measuring code's (bnspec.provenance), against which results are marked stale."""
-    fp = fingerprint or provenance.fingerprint()
-    sums = {v.run_label(d): v.summarise(d, fp) for d in docs}
-    lines = v.landing(docs, sums, fp)
-    lines += v.surprises(docs, sums)
     from bnspec.report import timeline  # "on my version?": right after the surprises
 
-    lines += timeline.section(timeline.load(out_dir), fp)
-    lines += v.problems(docs, sums)
-    lines += v.not_measured(docs, sums)
-    lines += v.details(docs, sums)
+    page = v.Page.of(docs, fingerprint or provenance.fingerprint())
+    lines = v.landing(page)
+    lines += v.surprises(page)
+    lines += v.gpu_section(page)
+    lines += timeline.section(timeline.load(out_dir), page.fingerprint)
+    lines += v.problems(page)
+    lines += v.not_measured(page)
+    lines += v.details(page)
     more, pages = _sections(out_dir)
     lines += more
-    lines += v.environment(docs, fp)
-    return {"REPORT.md": "\n".join(lines).rstrip() + "\n", "EVIDENCE.md": v.evidence_page(docs, sums), **pages}
-
-
-def _merged(docs: list[dict]) -> dict:
-    return {"schema": results.SCHEMA, "results": docs}
+    lines += v.runs_table(page)
+    return {"REPORT.md": "\n".join(lines).rstrip() + "\n", "EVIDENCE.md": v.evidence_page(page), **pages}
 
 
 def write(raw_dir: Path, out_dir: Path, log=print) -> Path:
     docs = merged_docs(raw_dir, out_dir, log)
     out_dir.mkdir(parents=True, exist_ok=True)
     pages = render(docs, out_dir)
-    paths.atomic_write_json(out_dir / "results.json", _merged(docs))
+    paths.atomic_write_json(out_dir / "results.json", results.merged_document(docs))
     for name, text in pages.items():
         paths.atomic_write_bytes(out_dir / name, text.encode())
     report = pages["REPORT.md"]
@@ -106,7 +112,7 @@ def write(raw_dir: Path, out_dir: Path, log=print) -> Path:
 
         from bnspec.report import timeline
 
-        figure.verdict_matrix(docs, out_dir / "verdict_matrix.png")
+        figure.verdict_matrix(v.Page.of(docs, provenance.fingerprint()), out_dir / "verdict_matrix.png")
         timeline.figure(timeline.load(out_dir), out_dir / "history_timeline.png", provenance.fingerprint())
     except ImportError as exc:  # matplotlib is a dependency; a broken install still gets the markdown
         log(f"bnspec: no verdict_matrix.png ({exc})")

@@ -6,20 +6,19 @@ from __future__ import annotations
 from pathlib import Path
 
 from bnspec import claims
+from bnspec.measure import status as st
 from bnspec.report import verdicts as v
 
-COLOURS = {v.HOLDS: "#4caf50", v.REFUTED: "#9e9e9e", v.MIXED: "#90caf9", v.UNEXPECTED: "#e53935",
-           v.ERROR: "#ff9800", v.UNMEASURED: "#ffffff"}
+COLOURS = {st.HOLDS: "#4caf50", st.REFUTED: "#9e9e9e", st.MIXED: "#90caf9", st.UNEXPECTED: "#e53935",
+           st.ERROR: "#ff9800", st.UNMEASURED: "#ffffff"}
 
 
-def verdict_matrix(docs: list[dict], target: Path) -> Path:
-    from bnspec import provenance
-
-    fp = provenance.fingerprint()
-    keys = [v.run_label(d) for d in docs]
-    sums = {v.run_label(d): v.summarise(d, fp) for d in docs}
+def verdict_matrix(page: v.Page, target: Path) -> Path:
+    """The landing page's matrix (one column per CPU run key) as a PNG."""
+    cols = page.columns
+    keys = [d.key for d in cols]
     rows = list(claims.CLAIMS)
-    cells = [[(COLOURS[sums[k][c.id]["status"]], v.cell(sums[k][c.id]), "black") for k in keys] for c in rows]
+    cells = [[(COLOURS[page.status(d, c.id).status], v.cell(page.status(d, c.id)), "black") for d in cols] for c in rows]
     return matrix_png(target, cells, keys, [f"{c.id} {c.title[:38]}" for c in rows], COLOURS,
                       figsize=(2.2 + 1.3 * len(keys), 0.22 * len(rows) + 1.4), xfont=8, yfont=6.5, ncol=3, dpi=130)
 

@@ -1,5 +1,5 @@
 """The report's section on the paper's MNIST experiment, from reports/paper/results.json (written by
-`bnspec paper`). No TensorFlow: the experiment itself is bnspec.paper."""
+`bnspec paper`). No TensorFlow: the experiment itself is bnspec.subjects.paper."""
 
 from __future__ import annotations
 

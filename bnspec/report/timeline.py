@@ -15,99 +15,107 @@ table is also the check that every `versions=` range in bnspec/claims/ matches t
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
-from bnspec import claims, history, results
+from bnspec import claims, results
+from bnspec.measure import status as st
+from bnspec.releases import FAMILIES, catalogue
 from bnspec.report import verdicts as v
+from bnspec.results import Results
 
 NA, NOT_INSTALLABLE = "n/a", "not installable"
-SYMBOL = {v.HOLDS: "✓", v.REFUTED: "✗", v.MIXED: "◐", v.ERROR: "⚠", v.UNMEASURED: "·", NA: "–", NOT_INSTALLABLE: "∅"}
+SYMBOL = {st.HOLDS: "✓", st.REFUTED: "✗", st.MIXED: "◐", st.ERROR: "⚠", st.UNMEASURED: "·", NA: "–", NOT_INSTALLABLE: "∅"}
 LEGEND = ("✓ holds · ✗ refuted · ◐ holds for some cases, refuted for others · – not applicable (the API does not exist "
           "in that release) · ⚠ error (after a symbol: some cases broke, the verdict is the others') · · unmeasured · ∅ the release did not install · ‼ a case contradicts the "
           "claim's expectation for that release · † measured by older code")
 FAMILY_TITLE = {"keras3": "Keras 3 (TensorFlow backend, TensorFlow 2.21)", "tfkeras": "tf_keras (each over its own TensorFlow)"}
 
 
-def load(out_dir: Path) -> list[dict]:
-    """reports/history/*.json in catalogue order, or [] when there is no history."""
+def load(out_dir: Path) -> list[Results]:
+    """reports/history/*.json in catalogue order (unknown jobs last), or [] when there is no history."""
     d = Path(out_dir) / "history"
-    return history.load(d) if d.is_dir() and any(d.glob("*.json")) else []
+    if not d.is_dir():
+        return []
+    order = {j.id: i for i, j in enumerate(catalogue("tensorflow") + catalogue("jax") + catalogue("torch"))}
+    docs = []
+    for f in sorted(d.glob("*.json")):
+        doc = results.load(f)
+        doc.job = f.stem
+        docs.append(doc)
+    return sorted(docs, key=lambda doc: (order.get(doc.job, len(order)), doc.job))
 
 
-def family(doc: dict) -> str:
-    return "tfkeras" if doc["flavour"] == "tfkeras" else "keras3"
+def release(doc: Results) -> str:
+    latest = doc.latest()
+    return doc.release or (latest.environment.keras if latest else None) or "?"
 
 
-def release(doc: dict) -> str:
-    return doc.get("release") or _env(doc).get("keras") or "?"
-
-
-def column(doc: dict) -> str:
+def column(doc: Results) -> str:
     """A short column title: the minor version (3.8), `nightly` for keras-nightly."""
-    if doc["flavour"] == "keras-nightly":
+    if doc.flavour == "keras-nightly":
         return "nightly"
     return ".".join(release(doc).split(".")[:2])
 
 
-def _env(doc: dict) -> dict:
-    runs = doc.get("runs") or {}
-    return runs[sorted(runs)[-1]]["environment"] if runs else {}
+@dataclass(frozen=True)
+class Observation:
+    """What one release observed for one claim: its status, per case (verdict, confirmed mechanisms), whether a
+    case contradicts the claim's expectation for that release, and how many cases broke (no verdict)."""
+
+    status: str
+    cases: tuple = ()  # ((case id, (verdict, mechanisms)), ...)
+    unexpected: bool = False
+    errors: int = 0
 
 
-def observed(doc: dict) -> dict[str, dict]:
-    """claim id -> {status, signature, unexpected} for one release's document."""
+def observed(doc: Results) -> dict[str, Observation]:
+    """claim id -> Observation for one release's results."""
     by_claim = defaultdict(list)
-    for t in doc.get("tests", []):
-        if t.get("claim"):
-            by_claim[t["claim"]].append(t)
+    for c in doc.claim_cases():
+        by_claim[c.claim].append(c)
     out = {}
-    for c in claims.CLAIMS:
-        tests = by_claim.get(c.id, [])
-        if doc.get("install_error"):
-            out[c.id] = {"status": NOT_INSTALLABLE, "signature": None, "unexpected": False, "errors": 0}
+    for claim in claims.CLAIMS:
+        cases = by_claim.get(claim.id, [])
+        if doc.install_error:
+            out[claim.id] = Observation(NOT_INSTALLABLE)
             continue
-        measured = [t for t in tests if t["outcome"] in results.MEASURED]
+        measured = [c for c in cases if c.measured]
         # per case: the verdict and, for a refutation, the mechanisms the test confirmed (why it is refuted)
-        concluded = sorted((v.case_id(t), (t["observed"], _mechanisms(t))) for t in measured if t.get("observed"))
+        concluded = sorted((c.case_id, (c.observed, c.confirmed() if c.observed == st.REFUTED else ()))
+                           for c in measured if c.observed)
         kinds = {o for _, (o, _m) in concluded}
         if concluded:
-            status = kinds.pop() if len(kinds) == 1 else v.MIXED
+            status = kinds.pop() if len(kinds) == 1 else st.MIXED
         elif measured:
-            status = v.ERROR
-        elif tests and all(results.not_applicable(t) for t in tests):
+            status = st.ERROR
+        elif cases and all(c.not_applicable for c in cases):
             status = NA
         else:
-            status = v.UNMEASURED
-        unexpected = any(v.case_status(t, doc) == v.UNEXPECTED for t in measured)
+            status = st.UNMEASURED
+        unexpected = any(st.case_status(c, doc) == st.UNEXPECTED for c in measured)
         broken = len(measured) - len(concluded)  # cases that crashed or measured NaN: no verdict, never a flip
-        out[c.id] = {"status": status, "signature": (status, tuple(concluded)), "unexpected": unexpected,
-                     "errors": broken}
+        out[claim.id] = Observation(status, tuple(concluded), unexpected, broken)
     return out
 
 
-def _mechanisms(test: dict) -> tuple[str, ...]:
-    if test.get("observed") != v.REFUTED:
-        return ()
-    return tuple(sorted(name for name, m in (test.get("mechanisms") or {}).items() if m.get("confirmed")))
-
-
-def _comparable(o: dict) -> bool:
+def _comparable(o: Observation) -> bool:
     """Whether an observation is a verdict (or not applicable) to compare with the next release's."""
-    return o["status"] not in (v.UNMEASURED, NOT_INSTALLABLE, v.ERROR)
+    return o.status not in (st.UNMEASURED, NOT_INSTALLABLE, st.ERROR)
 
 
-def changed(a: dict, b: dict) -> bool:
+def changed(a: Observation, b: Observation) -> bool:
     """Whether the verdict changed between two observations: the verdict of a case concluded in both, or the
     mechanism that refutes it (a case that is only measured in one of them, e.g. not applicable in the
     other, is not a change by itself); with no case in common, the claim's status."""
-    va, vb = dict(a["signature"][1]), dict(b["signature"][1])
+    va, vb = dict(a.cases), dict(b.cases)
     common = va.keys() & vb.keys()
     if common:  # judged on the cases both measured: a case appearing (its API added) changes no verdict
         return any(va[k] != vb[k] for k in common)
-    return a["status"] != b["status"]  # e.g. not applicable -> measured
+    return a.status != b.status  # e.g. not applicable -> measured
 
 
-def flips(row: list[tuple[dict, dict]]) -> list[tuple[dict, dict]]:
+def flips(row: list[tuple[Results, Observation]]) -> list[tuple[Results, Observation]]:
     """(document, observation) pairs where the claim's observation differs from the previous comparable one."""
     out, prev = [], None
     for doc, o in row:
@@ -119,60 +127,69 @@ def flips(row: list[tuple[dict, dict]]) -> list[tuple[dict, dict]]:
     return out
 
 
-def cause(claim: claims.Claim, doc: dict, before: dict | None) -> str:
+def cause(claim: claims.Claim, doc: Results, before: Results | None) -> str:
     """The change (`Expect.change`) of a ranged expectation whose boundary lies between the release `before`
     and `doc`: the range starts at `doc` or ends just before it."""
     from packaging.specifiers import SpecifierSet
 
-    backend = doc.get("backend") or "tensorflow"
+    backend = doc.backend
     found = []
     for rule in claim.expected:
         if not (rule.change and rule.versions):
             continue
         spec = SpecifierSet(rule.versions, prereleases=True)
-        if (rule.flavour and rule.flavour not in (doc["flavour"], family(doc))) or (rule.backend and rule.backend != backend):
+        if (rule.flavour and rule.flavour not in (doc.flavour, doc.family)) or (rule.backend and rule.backend != backend):
             continue
         if before is not None and (release(doc) in spec) != (release(before) in spec):
             found.append(rule.change)
     return "; ".join(dict.fromkeys(found))
 
 
-def table(docs: list[dict], fingerprint: str | None) -> dict:
+@dataclass
+class FamilyTable:
+    """One family's part of the timeline: its releases, the claims that flip (or contradict), the stable ones,
+    the releases measured by older code."""
+
+    docs: list[Results]
+    rows: list  # (claim, [(release, Observation)], flips)
+    stable: list[str]
+    stale: set[str]
+
+
+def table(docs: list[Results], fingerprint: str | None) -> dict[str, FamilyTable]:
     """Everything the section and the figure draw: per family, the columns and the rows that flip."""
-    obs = {d["job"]: observed(d) for d in docs}
+    obs = {d.job: observed(d) for d in docs}
     out = {}
-    for fam in history.FAMILIES:
-        fdocs = [d for d in docs if family(d) == fam]
+    for fam in FAMILIES:
+        fdocs = [d for d in docs if d.family == fam]
         if not fdocs:
             continue
         rows, stable = [], []
         for c in claims.CLAIMS:
-            row = [(d, obs[d["job"]][c.id]) for d in fdocs]
+            row = [(d, obs[d.job][c.id]) for d in fdocs]
             fl = flips(row)
-            if fl or any(o["unexpected"] or o["errors"] for _, o in row):  # a contradiction or a crash shows too
+            if fl or any(o.unexpected or o.errors for _, o in row):  # a contradiction or a crash shows too
                 rows.append((c, row, fl))
             if not fl and any(_comparable(o) for _, o in row):
                 stable.append(c.id)
-        stale = {d["job"] for d in fdocs if fingerprint and any(
-            r["code"]["fingerprint"] != fingerprint for r in (d.get("runs") or {}).values())}
-        out[fam] = {"docs": fdocs, "rows": rows, "stable": stable, "stale": stale}
+        stale = {d.job for d in fdocs if fingerprint and any(r.fingerprint != fingerprint for r in d.runs.values())}
+        out[fam] = FamilyTable(fdocs, rows, stable, stale)
     return out
 
 
-def _cell(o: dict) -> str:
+def _cell(o: Observation) -> str:
     """The status's symbol, ‼ when a case contradicts its expectation, ⚠ when some case broke (no verdict)."""
-    return (SYMBOL[o["status"]] + ("‼" if o["unexpected"] else "")
-            + ("⚠" if o["errors"] and o["status"] != v.ERROR else ""))
+    return SYMBOL[o.status] + ("‼" if o.unexpected else "") + ("⚠" if o.errors and o.status != st.ERROR else "")
 
 
-def section(docs: list[dict], fingerprint: str | None) -> list[str]:
+def section(docs: list[Results], fingerprint: str | None) -> list[str]:
     if not docs:
         return []
     t = table(docs, fingerprint)
-    n = {fam: len(t[fam]["docs"]) for fam in t}
-    changing = sorted({c.id for fam in t for c, _, fl in t[fam]["rows"] if fl})
-    stable_all = [c.id for c in claims.CLAIMS if c.id not in changing and all(c.id in t[fam]["stable"] for fam in t)]
-    unexpected = sorted({c.id for fam in t for c, row, _ in t[fam]["rows"] for _, o in row if o["unexpected"]})
+    n = {fam: len(t[fam].docs) for fam in t}
+    changing = sorted({c.id for fam in t for c, _, fl in t[fam].rows if fl})
+    stable_all = [c.id for c in claims.CLAIMS if c.id not in changing and all(c.id in t[fam].stable for fam in t)]
+    unexpected = sorted({c.id for fam in t for c, row, _ in t[fam].rows for _, o in row if o.unexpected})
     lines = ["## Across releases: on my version?", ""]
     lines += v.wrap(
         f"**{len(changing)} claims change verdict somewhere in the history; {len(stable_all)} are the same on every "
@@ -183,13 +200,13 @@ def section(docs: list[dict], fingerprint: str | None) -> list[str]:
         + " Raw results: [history/](history/); as an image: [history_timeline.png](history_timeline.png).")
     lines.append("")
     for fam, part in t.items():
-        cols = [column(d) + ("†" if d["job"] in part["stale"] else "") for d in part["docs"]]
+        cols = [column(d) + ("†" if d.job in part.stale else "") for d in part.docs]
         lines += v.wrap(f"**{FAMILY_TITLE[fam]}**: " + ", ".join(
-            f"{column(d)} = {release(d)}" + (f" over TF {d.get('tensorflow_release')}" if fam == "tfkeras" else "")
-            for d in part["docs"]) + ".") + [""]
-        if part["rows"]:  # the claims that flip, and any that contradict their expectation
+            f"{column(d)} = {release(d)}" + (f" over TF {d.tensorflow_release}" if fam == "tfkeras" else "")
+            for d in part.docs) + ".") + [""]
+        if part.rows:  # the claims that flip, and any that contradict their expectation
             lines += ["| claim | " + " | ".join(cols) + " | flips at | change |", "|---|" + "---|" * (len(cols) + 2)]
-            for c, row, fl in part["rows"]:
+            for c, row, fl in part.rows:
                 at = ", ".join(f"{column(d)} ({_flip(previous(row, d)[1], o)})" for d, o in fl) or "—"
                 why = "; ".join(dict.fromkeys(x for d, _ in fl for x in [cause(c, d, previous(row, d)[0])] if x)) or "—"
                 lines.append(f"| [{c.id}](#{v.anchor(c.id)}) | " + " | ".join(_cell(o) for _, o in row) + f" | {at} | {why} |")
@@ -201,15 +218,15 @@ def section(docs: list[dict], fingerprint: str | None) -> list[str]:
     return lines
 
 
-def _flip(a: dict, b: dict) -> str:
+def _flip(a: Observation, b: Observation) -> str:
     """'✗→✓', or '✗, another mechanism' when only the reason for a refutation changed."""
-    va, vb = ({k: o for k, (o, _m) in x["signature"][1]} for x in (a, b))
-    if a["status"] == b["status"] and all(va[k] == vb[k] for k in va.keys() & vb.keys()):
+    va, vb = ({k: o for k, (o, _m) in x.cases} for x in (a, b))
+    if a.status == b.status and all(va[k] == vb[k] for k in va.keys() & vb.keys()):
         return f"{_cell(b)}, another mechanism"
     return f"{_cell(a)}→{_cell(b)}"
 
 
-def previous(row: list[tuple[dict, dict]], doc: dict) -> tuple[dict, dict] | tuple[None, None]:
+def previous(row: list[tuple[Results, Observation]], doc: Results) -> tuple[Results, Observation] | tuple[None, None]:
     """The (document, observation) of the comparable release before `doc` in the row."""
     prev = (None, None)
     for d, o in row:
@@ -217,27 +234,27 @@ def previous(row: list[tuple[dict, dict]], doc: dict) -> tuple[dict, dict] | tup
             return prev
         if _comparable(o):
             prev = (d, o)
-    raise LookupError(doc["job"])
+    raise LookupError(doc.job)
 
 
-COLOURS = {v.HOLDS: "#4caf50", v.REFUTED: "#9e9e9e", v.MIXED: "#90caf9", v.ERROR: "#ff9800", v.UNMEASURED: "#ffffff",
+COLOURS = {st.HOLDS: "#4caf50", st.REFUTED: "#9e9e9e", st.MIXED: "#90caf9", st.ERROR: "#ff9800", st.UNMEASURED: "#ffffff",
            NA: "#eeeeee", NOT_INSTALLABLE: "#000000"}
 
 
-def figure(docs: list[dict], target: Path, fingerprint: str | None) -> Path | None:
+def figure(docs: list[Results], target: Path, fingerprint: str | None) -> Path | None:
     """history_timeline.png: the claims that flip (rows) x every release (columns), coloured by verdict."""
     if not docs:
         return None
     from bnspec.report.figure import matrix_png
 
     t = table(docs, fingerprint)
-    cols = [d for fam in t for d in t[fam]["docs"]]
-    ids = sorted({c.id for fam in t for c, _, _ in t[fam]["rows"]}, key=[c.id for c in claims.CLAIMS].index)
-    obs = {d["job"]: observed(d) for d in cols}
-    cells = [[(COLOURS[o["status"]], _cell(o), "white" if o["status"] == NOT_INSTALLABLE else "black")
-              for o in (obs[d["job"]][cid] for d in cols)] for cid in ids]
+    cols = [d for fam in t for d in t[fam].docs]
+    ids = sorted({c.id for fam in t for c, _, _ in t[fam].rows}, key=[c.id for c in claims.CLAIMS].index)
+    obs = {d.job: observed(d) for d in cols}
+    cells = [[(COLOURS[o.status], _cell(o), "white" if o.status == NOT_INSTALLABLE else "black")
+              for o in (obs[d.job][cid] for d in cols)] for cid in ids]
     titles = {c.id: c.title for c in claims.CLAIMS}
-    return matrix_png(target, cells, [("tf_keras " if family(d) == "tfkeras" else "") + column(d) for d in cols],
+    return matrix_png(target, cells, [("tf_keras " if d.family == "tfkeras" else "") + column(d) for d in cols],
                       [f"{cid} {titles[cid][:36]}" for cid in ids], COLOURS,
                       figsize=(2.6 + 0.42 * len(cols), 0.26 * max(len(ids), 1) + 1.6), xfont=7, yfont=7,
                       xrotation=60, ncol=4, dpi=120)
@@ -245,7 +262,7 @@ def figure(docs: list[dict], target: Path, fingerprint: str | None) -> Path | No
 
 # --------------------------------------------------------------------------- version ranges vs the history
 
-def range_problems(claim: claims.Claim, rule, docs: list[dict]) -> list[str]:
+def range_problems(claim: claims.Claim, rule, docs: list[Results]) -> list[str]:
     """Why the history does not back `rule.versions` (empty when it does): the range must contain a measured
     release, and at each of its boundaries inside the history the verdict of the rule's cases must change,
     i.e. the release just outside the range observes something other than `rule.verdict` (or the claim is not
@@ -254,12 +271,12 @@ def range_problems(claim: claims.Claim, rule, docs: list[dict]) -> list[str]:
     from packaging.version import Version
 
     spec = SpecifierSet(rule.versions, prereleases=True)
-    fams = ["tfkeras"] if rule.flavour == "tfkeras" else ["keras3"] if rule.flavour else list(history.FAMILIES)
+    fams = ["tfkeras"] if rule.flavour == "tfkeras" else ["keras3"] if rule.flavour else list(FAMILIES)
     problems = []
     for fam in fams:
-        seq = sorted((d for d in docs if family(d) == fam and not d.get("install_error")
-                      and (rule.flavour != "keras-nightly" or d["flavour"] == "keras-nightly")
-                      and (d.get("backend") or "tensorflow") == (rule.backend or "tensorflow")),
+        seq = sorted((d for d in docs if d.family == fam and not d.install_error
+                      and (rule.flavour != "keras-nightly" or d.flavour == "keras-nightly")
+                      and d.backend == (rule.backend or "tensorflow")),
                      key=lambda d: Version(release(d)))
         if not seq:
             continue
@@ -267,14 +284,14 @@ def range_problems(claim: claims.Claim, rule, docs: list[dict]) -> list[str]:
         def verdicts_at(d):
             """What the rule's cases observe at release d: verdicts, a refutation counted as the rule's only
             when the rule's mechanism is the one confirmed (a refutation for another reason is a change)."""
-            ts = [t for t in d["tests"] if t.get("claim") == claim.id and rule.matches_case(t.get("params", {}))]
-            if ts and all(results.not_applicable(t) for t in ts):
+            ts = [c for c in d.cases if c.claim == claim.id and rule.matches_case(c.params)]
+            if ts and all(c.not_applicable for c in ts):
                 return {NA}
             seen = set()
-            for t in ts:
-                if t["outcome"] in results.MEASURED and t.get("observed"):
-                    other = t["observed"] == v.REFUTED and rule.verdict == v.REFUTED and not v.mechanism_confirmed(t, rule.mechanism)
-                    seen.add(t["observed"] + (" by another mechanism" if other else ""))
+            for c in ts:
+                if c.measured and c.observed:
+                    other = c.observed == st.REFUTED and rule.verdict == st.REFUTED and not c.mechanism_confirmed(rule.mechanism)
+                    seen.add(c.observed + (" by another mechanism" if other else ""))
             return seen
 
         inside = [Version(release(d)) in spec for d in seq]
@@ -296,17 +313,15 @@ def range_problems(claim: claims.Claim, rule, docs: list[dict]) -> list[str]:
     return problems
 
 
-def _same_expectation_outside(claim: claims.Claim, rule, doc: dict) -> bool:
+def _same_expectation_outside(claim: claims.Claim, rule, doc: Results) -> bool:
     """Whether, at a release outside `rule`'s range, the claim's other rules expect exactly what `rule` does
     (same verdict, same mechanism) for every case `rule` names: e.g. a range that matters on JAX only,
     checked against a TensorFlow history."""
-    backend = doc.get("backend") or "tensorflow"
-    cases = [t for t in doc["tests"] if t.get("claim") == claim.id and rule.matches_case(t.get("params", {}))
-             and t["outcome"] in results.MEASURED]
+    cases = [c for c in doc.cases if c.claim == claim.id and rule.matches_case(c.params) and c.measured]
     if not cases:
         return False
-    for t in cases:
-        other = claim.expectation(doc["flavour"], release(doc), t.get("params", {}), backend)
-        if other.verdict != rule.verdict or (rule.verdict == v.REFUTED and other.mechanism != rule.mechanism):
+    for c in cases:
+        other = claim.expectation(doc.flavour, release(doc), c.params, doc.backend)
+        if other.verdict != rule.verdict or (rule.verdict == st.REFUTED and other.mechanism != rule.mechanism):
             return False
     return True

@@ -1,16 +1,12 @@
-"""The verdicts: results documents -> per-claim status per run, the landing page (REPORT.md's first
-screen: one sentence, the verdict matrix, what surprised us), the claim details and EVIDENCE.md.
-No TensorFlow.
+"""The claims' pages: REPORT.md's first screen (one sentence, the verdict matrix, what surprised us), the GPU
+runs beside their CPU columns, the claim details, the runs and what measured them, and EVIDENCE.md. Reads
+typed results (bnspec.results) and the claim status folded by bnspec.measure.status. No TensorFlow.
 
-Per claim and run, the cases (test parametrisations) fold into one status:
-  holds / refuted / mixed   every measured case as expected (expectations recomputed from the
-                            current bnspec/claims/ when the report is made)
-  unexpected                a case's verdict differs from its expectation, or an expected refutation
-                            was not confirmed by the mechanism its rule names
-  error                     a case broke before concluding (crash, NaN/inf measurement, no power)
-  unmeasured                no case executed (all skipped, with the reasons, or none collected)
-and two marks: *partial* (some cases not measured, e.g. the GPU ones) and *stale* (measured by code
-whose fingerprint differs from the current measuring code, bnspec.provenance).
+A cell is a claim's status on one run key (bnspec.measure.status) with its marks: ° partial (some cases not
+measured), † stale (measured by older code), ⁱ inherited (a case kept from an earlier run that the latest run
+skipped, or measured under another environment than the latest run's: other Keras, backend library, Python
+or GPU). The matrix has a column per CPU run key; a GPU run (key ending in -gpu) is not a column but a
+comparison with its CPU column, case by case.
 """
 
 from __future__ import annotations
@@ -18,121 +14,47 @@ from __future__ import annotations
 import json
 import textwrap
 from collections import Counter, defaultdict
+from dataclasses import dataclass
 
-from bnspec import claims, results
+from bnspec import claims
+from bnspec.measure import status as st
+from bnspec.measure.status import ClaimStatus
+from bnspec.results import Case, Results
 
-HOLDS, REFUTED, MIXED = "holds", "refuted", "mixed"
-UNEXPECTED, ERROR, UNMEASURED = "unexpected", "error", "unmeasured"
-SYMBOL = {HOLDS: "✓", REFUTED: "✗", MIXED: "◐", UNEXPECTED: "‼", ERROR: "⚠", UNMEASURED: "·"}
-PARTIAL_MARK, STALE_MARK = "°", "†"
-LEGEND = (f"{SYMBOL[HOLDS]} holds · {SYMBOL[REFUTED]} refuted, as expected · {SYMBOL[MIXED]} holds for some cases, "
-          f"refuted for others, as expected · {SYMBOL[UNEXPECTED]} **unexpected** verdict · {SYMBOL[ERROR]} error "
-          f"(crash or non-finite measurement) · {SYMBOL[UNMEASURED]} unmeasured · {PARTIAL_MARK} some cases not "
-          f"measured (e.g. GPU) · {STALE_MARK} measured by older code (stale)")
+SYMBOL = {st.HOLDS: "✓", st.REFUTED: "✗", st.MIXED: "◐", st.UNEXPECTED: "‼", st.ERROR: "⚠", st.UNMEASURED: "·"}
+PARTIAL_MARK, STALE_MARK, INHERITED_MARK = "°", "†", "ⁱ"
+LEGEND = (f"{SYMBOL[st.HOLDS]} holds · {SYMBOL[st.REFUTED]} refuted, as expected · {SYMBOL[st.MIXED]} holds for some "
+          f"cases, refuted for others, as expected · {SYMBOL[st.UNEXPECTED]} **unexpected** verdict · {SYMBOL[st.ERROR]} "
+          f"error (crash or non-finite measurement) · {SYMBOL[st.UNMEASURED]} unmeasured · {PARTIAL_MARK} some cases "
+          f"not measured (e.g. GPU) · {STALE_MARK} measured by older code (stale) · {INHERITED_MARK} inherited: some "
+          "cases were measured by an earlier run in another environment, or kept although the latest run skipped them")
 WRAP = 200  # markdown lines are wrapped here (readable diffs; GitHub joins them)
 
 
-def case_id(test: dict) -> str:
-    nodeid = test["nodeid"]
-    return nodeid[nodeid.index("[") + 1 : -1] if "[" in nodeid else "-"
+@dataclass
+class Page:
+    """What every part of the claims' pages reads: the results (CPU columns first, then GPU runs), each key's
+    claim statuses, and the current measuring code's fingerprint."""
 
+    docs: list[Results]
+    sums: dict[str, dict[str, ClaimStatus]]
+    fingerprint: str
 
-def rule_now(test: dict, doc: dict):
-    """The case's expectation (an Expect) under the current registry (None if the claim no longer exists)."""
-    claim = claims.BY_ID.get(test.get("claim"))
-    if claim is None:
-        return None
-    env = doc["runs"][test["run"]]["environment"] if "run" in test else {}
-    try:
-        return claim.expectation(doc["flavour"], env.get("keras"), test.get("params", {}),
-                                 doc.get("backend") or "tensorflow")
-    except LookupError:
-        return None
+    @classmethod
+    def of(cls, docs: list[Results], fingerprint: str) -> Page:
+        return cls(docs, {d.key: st.summarise(d, fingerprint) for d in docs}, fingerprint)
 
+    @property
+    def columns(self) -> list[Results]:
+        """The matrix's columns: every run key measured on the CPU (or on whatever the machine had)."""
+        return [d for d in self.docs if d.device != "gpu"]
 
-def expected_now(test: dict, doc: dict) -> str | None:
-    """The case's expected verdict under the current registry (None if the claim no longer exists)."""
-    rule = rule_now(test, doc)
-    return rule.verdict if rule else None
+    @property
+    def gpu(self) -> list[Results]:
+        return [d for d in self.docs if d.device == "gpu"]
 
-
-def mechanism_confirmed(test: dict, mechanism: str) -> bool:
-    """Whether the case's test confirmed `mechanism` (the one the *current* expectation names, so a rule
-    added after the run is checked against what the run recorded, not against the run's own flag)."""
-    if "mechanisms" not in test:  # results recorded before the mechanisms were stored
-        return not test.get("mechanism_failed")
-    return bool(test["mechanisms"].get(mechanism, {}).get("confirmed"))
-
-
-def case_status(test: dict, doc: dict | None) -> str:
-    """One case: holds | refuted (as expected) | unexpected | error | unmeasured."""
-    if test["outcome"] == "skipped":
-        return UNMEASURED
-    observed = test.get("observed")
-    if observed is None:
-        return ERROR
-    if doc is None:  # the run's own view (terminal summary)
-        return UNEXPECTED if observed != test.get("expected") or test.get("mechanism_failed") else observed
-    rule = rule_now(test, doc)
-    if rule is None or observed != rule.verdict:
-        return UNEXPECTED
-    if observed == REFUTED and not mechanism_confirmed(test, rule.mechanism):
-        return UNEXPECTED
-    return observed
-
-
-def fold(statuses: list[str]) -> str:
-    measured = [s for s in statuses if s != UNMEASURED]
-    if not measured:
-        return UNMEASURED
-    for worst in (UNEXPECTED, ERROR):
-        if worst in measured:
-            return worst
-    kinds = set(measured)
-    return kinds.pop() if len(kinds) == 1 else MIXED
-
-
-def summarise(doc: dict, fingerprint: str | None = None) -> dict[str, dict]:
-    """claim id -> {status, partial, stale, cases: [(case, status, test)], skip_reasons} for one run key."""
-    by_claim = defaultdict(list)
-    for t in doc["tests"]:
-        if t.get("claim"):
-            by_claim[t["claim"]].append(t)
-    out = {}
-    for c in claims.CLAIMS:
-        tests = by_claim.get(c.id, [])
-        cases = [(case_id(t), case_status(t, doc), t) for t in tests]
-        statuses = [s for _, s, _ in cases]
-        measured = [t for _, s, t in cases if s != UNMEASURED]
-        stale = bool(fingerprint) and any(doc["runs"][t["run"]]["code"]["fingerprint"] != fingerprint for t in measured)
-        reasons = sorted({t.get("message") or "skipped" for _, s, t in cases if s == UNMEASURED})
-        out[c.id] = {"status": fold(statuses), "partial": bool(measured) and len(measured) < len(tests),
-                     "stale": stale, "cases": cases, "skip_reasons": reasons or (["no test collected"] if not tests else [])}
-    return out
-
-
-def run_summary(tests: list[dict]) -> tuple[Counter, list[tuple[str, str]]]:
-    """For the terminal: counts of claim statuses over the tests of one run (expectations as the run
-    checked them), and the unmeasured claims with a reason."""
-    by_claim = defaultdict(list)
-    for t in tests:
-        by_claim[t["claim"]].append(case_status(t, None))
-    counts = Counter(fold(s) for s in by_claim.values())
-    unmeasured = []
-    for cid, sts in sorted(by_claim.items()):
-        if fold(sts) == UNMEASURED:
-            msg = next((t.get("message") for t in tests if t["claim"] == cid and t.get("message")), "skipped")
-            unmeasured.append((cid, msg))
-    return counts, unmeasured
-
-
-def summary_sentence(counts: Counter, runs: int = 1) -> str:
-    total = sum(counts.values())
-    parts = [f"{counts[HOLDS]} hold", f"{counts[REFUTED]} refuted as expected", f"{counts[MIXED]} mixed as expected",
-             f"{counts[UNEXPECTED]} unexpected", f"{counts[ERROR]} error{'s' * (counts[ERROR] != 1)}",
-             f"{counts[UNMEASURED]} unmeasured"]
-    what = f"{total} claim verdicts ({total // runs} claims x {runs} runs)" if runs > 1 else f"{total} claims"
-    return f"{what}: " + ", ".join(parts)
+    def status(self, doc: Results, claim_id: str) -> ClaimStatus:
+        return self.sums[doc.key][claim_id]
 
 
 # --------------------------------------------------------------------------- markdown helpers
@@ -151,12 +73,14 @@ def wrap(text: str, indent: str = "") -> list[str]:
                          break_long_words=False, break_on_hyphens=False) or [indent.rstrip()]
 
 
-def run_label(doc: dict) -> str:
-    return results.key(doc)
+def clip(text, n: int) -> str:
+    text = str(text or "")
+    return text if len(text) <= n else text[: n - 1].rstrip() + "…"
 
 
-def cell(s: dict) -> str:
-    return SYMBOL[s["status"]] + (PARTIAL_MARK if s["partial"] else "") + (STALE_MARK if s["stale"] else "")
+def cell(s: ClaimStatus) -> str:
+    return (SYMBOL[s.status] + (PARTIAL_MARK if s.partial else "") + (STALE_MARK if s.stale else "")
+            + (INHERITED_MARK if s.inherited else ""))
 
 
 def fmt(v) -> str:
@@ -168,48 +92,91 @@ def fmt(v) -> str:
     return json.dumps(v, ensure_ascii=False) if isinstance(v, (list, dict)) else str(v)
 
 
+def day(run) -> str:
+    return run.finished[:10] if run else "?"
+
+
+# --------------------------------------------------------------------------- what measured a key
+
+
+@dataclass
+class Source:
+    """The cases of one key measured under one environment identity: the latest run's (current) or another."""
+
+    label: str
+    cases: int
+    finished: str
+    current: bool
+    kept: int = 0  # cases kept although the latest run skipped them
+
+
+def sources(doc: Results) -> list[Source]:
+    """Who measured a key's cases: the latest run's environment first, then every other one, with case counts."""
+    latest = doc.latest()
+    if latest is None:
+        return []
+    groups: dict[tuple, list[Case]] = defaultdict(list)
+    for c in doc.cases:
+        if c.measured:
+            groups[doc.run_of(c).environment.identity()].append(c)
+    out = []
+    for ident, cases in groups.items():
+        runs = sorted({c.run for c in cases})
+        last = doc.runs[runs[-1]]
+        out.append(Source(last.environment.label(), len(cases), day(last), ident == latest.environment.identity(),
+                          sum(bool(c.kept) for c in cases)))
+    return sorted(out, key=lambda s: (not s.current, s.finished))
+
+
+def provenance_line(doc: Results) -> str:
+    """`keras3` = Keras 3.15.1, TensorFlow 2.21.0, Python 3.11.7, CPU (412 cases, 2026-12-04); inherited: ..."""
+    parts = []
+    for s in sources(doc):
+        kept = f", {s.kept} kept although the latest run skipped them" if s.kept else ""
+        if s.current:
+            parts.append(f"{s.label} ({s.cases} cases, {s.finished}{kept})")
+        else:
+            parts.append(f"{INHERITED_MARK} inherited from {s.label} ({s.cases} cases, {s.finished}{kept})")
+    return f"`{doc.key}` = " + "; ".join(parts or ["no measured case"])
+
+
 # --------------------------------------------------------------------------- REPORT.md
 
 
-def landing(docs: list[dict], sums: dict[str, dict], fingerprint: str) -> list[str]:
-    keys = [run_label(d) for d in docs]
-    counts = Counter(sums[k][c.id]["status"] for k in keys for c in claims.CLAIMS)
-    stale_runs = sorted({k for k in keys for s in sums[k].values() if s["stale"]})
+def landing(page: Page) -> list[str]:
+    cols = page.columns
+    keys = [d.key for d in cols]
+    counts = Counter(page.status(d, c.id).status for d in cols for c in claims.CLAIMS)
+    inherited = sum(page.status(d, c.id).inherited for d in cols for c in claims.CLAIMS)
+    stale_runs = sorted({d.key for d in page.docs for s in page.sums[d.key].values() if s.stale})
     lines = ["# bnspec: Batch Normalization, claim by claim", ""]
-    lines += wrap(f"**{summary_sentence(counts, len(keys))}.** " + "Every verdict below is measured by the test suite "
-                  "(`bnspec run`); expectations come from `bnspec/claims/`, numbers from [EVIDENCE.md](EVIDENCE.md).")
+    lines += wrap(f"**{st.summary_sentence(counts, len(keys))}"
+                  + (f"; {inherited} of them rest partly on inherited cases ({INHERITED_MARK})" if inherited else "")
+                  + ".** Every verdict below is measured by the test suite (`bnspec run`); expectations come from "
+                  "`bnspec/claims/`, numbers from [EVIDENCE.md](EVIDENCE.md).")
     lines.append("")
-    runs = []
-    for d in docs:
-        env = _latest_run(d)["environment"]
-        runs.append(f"`{run_label(d)}` = Keras {env.get('keras')} ({d['flavour']}, {d.get('backend') or 'tensorflow'} "
-                    f"backend, TensorFlow {env.get('tensorflow')})")
-    lines += wrap("Runs: " + "; ".join(runs) + ". " + (
-        f"Stale results (measured by older code than `{fingerprint}`): {', '.join(stale_runs)}, marked {STALE_MARK}."
-        if stale_runs else f"All results measured by the current code (`{fingerprint}`)."))
+    lines += wrap("Runs: " + "; ".join(provenance_line(d) for d in cols) + ". " + (
+        f"Stale results (measured by older code than `{page.fingerprint}`): {', '.join(stale_runs)}, marked {STALE_MARK}."
+        if stale_runs else f"All results measured by the current code (`{page.fingerprint}`).")
+        + (f" GPU runs: {', '.join(d.key for d in page.gpu)} ([On the GPU](#on-the-gpu))." if page.gpu else ""))
     lines += ["", "| claim | title | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
     for c in claims.CLAIMS:
-        lines.append(f"| [{c.id}](#{anchor(c.id)}) | {esc(c.title)} | " + " | ".join(cell(sums[k][c.id]) for k in keys) + " |")
+        lines.append(f"| [{c.id}](#{anchor(c.id)}) | {esc(c.title)} | " + " | ".join(cell(page.status(d, c.id)) for d in cols) + " |")
     lines += [""] + wrap(LEGEND + ". [Verdict matrix as an image](verdict_matrix.png).") + [""]
     return lines
 
 
-def _latest_run(doc: dict) -> dict:
-    return doc["runs"][sorted(doc["runs"])[-1]]
-
-
-def surprises(docs: list[dict], sums: dict[str, dict]) -> list[str]:
+def surprises(page: Page) -> list[str]:
     """Claims refuted somewhere or whose verdict differs between runs, then anything unexpected."""
-    keys = [run_label(d) for d in docs]
     out = []
     field_first = sorted(claims.CLAIMS, key=lambda c: not c.topic.startswith("field"))  # users' traps lead
     for c in field_first:
-        st = {k: sums[k][c.id]["status"] for k in keys if sums[k][c.id]["status"] != UNMEASURED}
-        if not st or set(st.values()) == {HOLDS}:
+        seen = {d.key: page.status(d, c.id).status for d in page.columns if page.status(d, c.id).status != st.UNMEASURED}
+        if not seen or set(seen.values()) == {st.HOLDS}:
             continue
-        differs = len(set(st.values())) > 1
+        differs = len(set(seen.values())) > 1
         out += wrap(f"- **[{c.id}](#{anchor(c.id)})** {esc(c.title)}" + (" — *differs between runs*" if differs else "")
-                    + f": {', '.join(f'{k} {SYMBOL[s]}' for k, s in st.items())}."
+                    + f": {', '.join(f'{k} {SYMBOL[s]}' for k, s in seen.items())}."
                     + (f" Source: {esc(c.source)}." if c.topic.startswith("field") else ""))
         if c.advice:
             out += wrap(f"What to do: {clip(c.advice, 200)}", "  ")
@@ -221,35 +188,79 @@ def surprises(docs: list[dict], sums: dict[str, dict]) -> list[str]:
         "conclusions on TF 2.1 are not always what today's Keras does).") + [""] + out + [""]
 
 
-def not_measured(docs: list[dict], sums: dict[str, dict]) -> list[str]:
-    keys = [run_label(d) for d in docs]
+def _paired_key(case: Case) -> tuple:
+    """A case's identity across devices: its test function and its parameters other than the device."""
+    return case.function, tuple(sorted((k, str(v)) for k, v in case.params.items() if k != "device"))
+
+
+def gpu_section(page: Page) -> list[str]:
+    """Each GPU run against the CPU column of the same flavour and backend: the number of paired cases with the
+    same verdict first, then only the cases that differ (status, or the evidence's worst ratio crossing 1)."""
+    if not page.gpu:
+        return []
+    by_key = {d.key: d for d in page.docs}
+    lines = ["## On the GPU", ""]
+    for g in page.gpu:
+        cpu = by_key.get(g.key.removesuffix("-gpu"))
+        latest = g.latest()
+        stale = any(r.fingerprint != page.fingerprint for r in g.runs.values())
+        head = (f"**`{g.key}`**: {latest.environment.label() if latest else '?'}"
+                + ("" if latest and latest.environment.gpu else " (the GPU's model was not recorded by the code that measured it)")
+                + f"; measured {day(latest)} by code `{latest.fingerprint if latest else '?'}`"
+                + (f" {STALE_MARK} stale (older than `{page.fingerprint}`)" if stale else "") + ".")
+        gcases = [c for c in g.claim_cases() if c.measured]
+        if cpu is None:
+            lines += wrap(head + f" No CPU column {g.key.removesuffix('-gpu')} to compare with: {len(gcases)} measured cases.") + [""]
+            continue
+        cpu_cases = {_paired_key(c): c for c in cpu.claim_cases() if c.measured}
+        same, differ, unpaired = 0, [], 0
+        for c in gcases:
+            other = cpu_cases.get(_paired_key(c))
+            if other is None:
+                unpaired += 1
+                continue
+            a, b = st.case_status(c, g), st.case_status(other, cpu)
+            if a == b:
+                same += 1
+            else:
+                differ.append((c, a, b))
+        counts = Counter(st.case_status(c, g) for c in gcases)
+        lines += wrap(head + f" **Same verdict as the CPU on {same} of {same + len(differ)} paired cases**"
+                      + (f"; {unpaired} cases have no CPU counterpart" if unpaired else "")
+                      + f"; on the GPU: {counts[st.HOLDS]} hold, {counts[st.REFUTED]} refuted as expected, "
+                      f"{counts[st.UNEXPECTED]} unexpected, {counts[st.ERROR]} errors.") + [""]
+        for c, a, b in differ[:40]:
+            lines += wrap(f"- {c.claim} `{c.case_id}`: GPU {SYMBOL[a]} {a}, CPU {SYMBOL[b]} {b}: "
+                          f"{esc(clip(c.message or c.summary, 240))}")
+        if len(differ) > 40:
+            lines.append(f"- … and {len(differ) - 40} more (EVIDENCE.md)")
+        if differ:
+            lines.append("")
+    return lines
+
+
+def not_measured(page: Page) -> list[str]:
     rows = []
     for c in claims.CLAIMS:
-        where = [k for k in keys if sums[k][c.id]["status"] == UNMEASURED]
+        where = [d.key for d in page.columns if page.status(d, c.id).status == st.UNMEASURED]
         if where:
-            reason = sums[where[0]][c.id]["skip_reasons"][0] if sums[where[0]][c.id]["skip_reasons"] else "skipped"
-            rows += wrap(f"- [{c.id}](#{anchor(c.id)}) on {', '.join(where)}: {esc(clip(reason, 150))}")
+            reasons = page.sums[where[0]][c.id].skip_reasons
+            rows += wrap(f"- [{c.id}](#{anchor(c.id)}) on {', '.join(where)}: {esc(clip(reasons[0] if reasons else 'skipped', 150))}")
     return (["## Unmeasured", "", "Claims no case of a run measured, with the first reason (all reasons: "
-             "[EVIDENCE.md](EVIDENCE.md)).", ""] + rows + [""]) if rows else []
+             "[EVIDENCE.md](EVIDENCE.md).", ""] + rows + [""]) if rows else []
 
 
-def clip(text, n: int) -> str:
-    text = str(text or "")
-    return text if len(text) <= n else text[: n - 1].rstrip() + "…"
-
-
-def problems(docs: list[dict], sums: dict[str, dict]) -> list[str]:
+def problems(page: Page) -> list[str]:
     out = []
-    for d in docs:
-        k = run_label(d)
+    for d in page.docs:
         for c in claims.CLAIMS:
-            for case, status, t in sums[k][c.id]["cases"]:
-                if status in (UNEXPECTED, ERROR):
-                    out += wrap(f"- {c.id} on {k} [{case}]: {status}: {esc(t.get('message') or t.get('summary'))[:400]}")
+            for case, status in page.status(d, c.id).cases:
+                if status in (st.UNEXPECTED, st.ERROR):
+                    out += wrap(f"- {c.id} on {d.key} [{case.case_id}]: {status}: {esc(case.message or case.summary)[:400]}")
     return (["## Unexpected verdicts and errors", ""] + out + [""]) if out else []
 
 
-def details(docs: list[dict], sums: dict[str, dict]) -> list[str]:
+def details(page: Page) -> list[str]:
     lines = ["## The claims", "", "Per claim: the statement; the verdicts per run are in the matrix above, per release in "
              "*Across releases*, the source and every case's numbers in [EVIDENCE.md](EVIDENCE.md).", ""]
     by_topic = defaultdict(list)
@@ -265,50 +276,56 @@ def details(docs: list[dict], sums: dict[str, dict]) -> list[str]:
     return lines
 
 
-def environment(docs: list[dict], fingerprint: str) -> list[str]:
-    lines = ["## Runs", "", "| run | Keras | TensorFlow | backend | Python | CPU | workers | finished | seconds | code | selection |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for d in docs:
-        for run_id, r in sorted(d["runs"].items()):
-            e, c = r["environment"], r["code"]
-            code = f"{c['fingerprint']}" + (f" ({c['commit']}{'+' if c.get('dirty') else ''})" if c.get("commit") else "")
-            if c["fingerprint"] != fingerprint:
+def runs_table(page: Page) -> list[str]:
+    """Every run that measured a case in the report: its environment, code and selection."""
+    lines = ["## Runs", "", "| run | Keras | backend | Python | device | workers | finished | seconds | code | selection |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for d in page.docs:
+        for run_id, r in sorted(d.runs.items()):
+            e, c = r.environment, r.code
+            code = f"{c.get('fingerprint')}" + (f" ({c['commit']}{'+' if c.get('dirty') else ''})" if c.get("commit") else "")
+            if r.fingerprint != page.fingerprint:
                 code += f" {STALE_MARK} stale"
-            sel = "partial: " + esc(" ".join(r["selection"]["args"]))[:80] if r["selection"]["partial"] else "full"
-            n = sum(t["run"] == run_id for t in d["tests"])
-            lines.append(f"| {run_label(d)} ({n} cases) | {e.get('keras')} | {e.get('tensorflow')} | "
-                         f"{e.get('backend') or 'tensorflow'} | {e.get('python')} | {esc(e.get('cpu'))} x{e.get('cpu_count')} | "
-                         f"{e.get('workers')} | {r['finished']} | {r['seconds']} | {code} | {sel} |")
+            sel = "partial: " + esc(" ".join(r.selection.get("args", [])))[:80] if r.partial else "full"
+            n = sum(t.run == run_id for t in d.cases)
+            device = f"{esc(e.cpu)} x{e.cpu_count}" + (f"; GPU {esc(e.gpu)}" if e.gpu else "")
+            lines.append(f"| {d.key} ({n} cases) | {e.keras} | {e.backend} {e.backend_version} | {e.python} | {device} | "
+                         f"{e.workers} | {r.finished} | {r.seconds} | {code} | {sel} |")
     return lines + [""]
 
 
 # --------------------------------------------------------------------------- EVIDENCE.md
 
 
-def evidence_page(docs: list[dict], sums: dict[str, dict]) -> str:
+def evidence_page(page: Page) -> str:
     lines = ["# bnspec evidence: every measured case", "",
              "Per claim and run: each test case, its status and its numbers. A comparison reads "
              "`name=value≤bound (ratio x)` for the element nearest to (or furthest past) its bound: "
-             "ratio ≤ 1 is within. Back to [the report](REPORT.md).", ""]
+             f"ratio ≤ 1 is within. A case marked {INHERITED_MARK} was not measured by its run key's latest run "
+             "(the environment that measured it is named). Back to [the report](REPORT.md).", ""]
     for c in claims.CLAIMS:
         lines += [f'<a id="{anchor(c.id)}"></a>', "", f"## {c.id} — {esc(c.title)}", "",
                   f"{esc(c.statement)} *Source: {esc(c.source)}.*" + (f" Reading the evidence: {esc(c.note)}" if c.note else ""),
                   ""]
-        for d in docs:
-            k = run_label(d)
-            rows = sums[k][c.id]["cases"]
+        for d in page.docs:
+            rows = page.status(d, c.id).cases
             if not rows:
                 continue
-            lines += [f"{k}:", "", "|case|status|evidence|", "|-|-|-|"]
-            for case, status, t in rows:
-                ev = t.get("evidence") or {}
-                text = ", ".join(f"{n}={fmt(v)}" for n, v in sorted(ev.items()))
-                mech = t.get("mechanisms") or {}
-                if mech:
+            lines += [f"{d.key}:", "", "|case|status|evidence|", "|-|-|-|"]
+            for case, status in rows:
+                text = ", ".join(f"{n}={fmt(v)}" for n, v in sorted(case.evidence.items()))
+                if case.mechanisms:
                     text += ("; " if text else "") + ", ".join(
-                        f"mechanism {n}: {'confirmed' if m['confirmed'] else 'not confirmed'}" for n, m in sorted(mech.items()))
-                if status in (UNMEASURED, ERROR, UNEXPECTED) and t.get("message"):
-                    text = (text + "; " if text else "") + t["message"]
-                lines.append(f"|{esc(case)}|{SYMBOL[status]} {status}|{esc(text)[:1500]}|")
+                        f"mechanism {n}: {'confirmed' if m['confirmed'] else 'not confirmed'}" for n, m in sorted(case.mechanisms.items()))
+                if status in (st.UNMEASURED, st.ERROR, st.UNEXPECTED) and case.message:
+                    text = (text + "; " if text else "") + case.message
+                mark = ""
+                if d.inherited(case):
+                    run = d.run_of(case)
+                    mark = f" {INHERITED_MARK}"
+                    text = (f"measured on {run.environment.label()}, {day(run)}"
+                            + (f"; skipped by the latest run: {case.kept['reason']}" if case.kept else "")
+                            + ("; " + text if text else ""))
+                lines.append(f"|{esc(case.case_id)}|{SYMBOL[status]} {status}{mark}|{esc(text)[:1500]}|")
             lines.append("")
     return "\n".join(lines) + "\n"

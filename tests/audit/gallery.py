@@ -266,6 +266,23 @@ def stale_statistics(keras, rng):
     return Case(m, {("L03", "m/bn")}, data=data)
 
 
+def time_distributed_bn(keras, rng, steps: int = 5, features: int = 4):
+    """TimeDistributed(BatchNormalization()) on a sequence whose time steps differ (step t has mean t):
+    Keras 3 calls the BN per time step, so training normalises each step with its own batch statistics and
+    inference all steps with one shared pair of moving statistics (C29), not stale statistics (L03)."""
+    inp = keras.Input((steps, features), name="x")
+    h = keras.layers.TimeDistributed(keras.layers.BatchNormalization(momentum=0.9, name="bn"), name="td")(inp)
+    h = keras.layers.Flatten(name="flat")(h)
+    m = keras.Model(inp, keras.layers.Dense(3, name="head")(h), name="m")
+
+    def batch(n):
+        return (rng.standard_normal((n, steps, features)) + np.arange(steps)[None, :, None]).astype("float32")
+
+    for _ in range(60):
+        m(batch(32), training=True)
+    return Case(m, {("C29", "m/td")}, data=batch(64), severity={("C29", "m/td"): "warning"})
+
+
 def nan_statistics(keras, rng):
     """A NaN batch in training poisoned the moving variance of one feature."""
     inp = keras.Input((8,), name="x")
@@ -313,7 +330,7 @@ TRAPS = {f.__name__: f for f in (
     hardcoded_training_true_subclassed, hidden_training_subclassed, custom_block_hardcoded, nested_training_false,
     resizing_upstream, augmentation_model_upstream, random_layer_after_bn, shared_bn, frozen_bn, bfloat16_statistics, torch_momentum,
     small_epsilon, dense_bias_before_bn, statistics_never_updated, constant_feature, stale_statistics,
-    nan_statistics)}
+    time_distributed_bn, nan_statistics)}
 FILE_TRAPS = {"keras2_arguments_h5": keras2_arguments_h5}
 
 

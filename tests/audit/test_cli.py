@@ -86,7 +86,8 @@ def test_factory_for_subclassed_models(keras, tmp_path, monkeypatch, capsys):
     (tmp_path / "my_models.py").write_text(textwrap.dedent("""
         import numpy as np
         from bnspec import flavours
-        keras = flavours.keras_module()
+        from bnspec.run import Run
+        keras = flavours.keras_module(Run.from_env())
 
         class Net(keras.Model):
             def __init__(self):

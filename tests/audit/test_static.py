@@ -9,7 +9,8 @@ import json
 import pytest
 
 from bnspec.audit import findings as fmod
-from bnspec.audit import static
+from bnspec.audit import saved, static
+from bnspec.audit.checks import training_mode
 
 KERAS3 = fmod.Target("keras3", "3.15.1", "tensorflow", "installed")
 KERAS316 = fmod.Target("keras-nightly", "3.16.0.dev2026080100", "tensorflow", "installed")
@@ -196,11 +197,11 @@ def test_unreadable_files_are_usage_errors(tmp_path):
         path = tmp_path / name
         path.write_bytes(content)
         with pytest.raises(fmod.UsageError):
-            static.read_file(path)
+            saved.read_file(path)
     with pytest.raises(fmod.UsageError):
-        static.read_file(tmp_path / "missing.keras")
+        saved.read_file(tmp_path / "missing.keras")
     with pytest.raises(fmod.UsageError):
-        static.read_file(tmp_path)
+        saved.read_file(tmp_path)
 
 
 def test_training_default_table_matches_the_installed_keras(keras, flavour):
@@ -217,4 +218,4 @@ def test_training_default_table_matches_the_installed_keras(keras, flavour):
             param = inspect.signature(obj.call).parameters.get("training")
             if param is not None and param.default is True:
                 found.add(name)
-    assert found == set(static.TRAINING_TRUE_DEFAULT)
+    assert found == set(training_mode.TRAINING_TRUE_DEFAULT)

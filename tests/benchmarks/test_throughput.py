@@ -1,7 +1,8 @@
-"""BN throughput, measured against the machine's own memory bandwidth in the same session.
+"""BN throughput, measured against the device's own memory bandwidth in the same session.
 
-Run with `tox -e bench` (or `pytest tests/benchmarks -p no:xdist`). Every benchmark records in
-extra_info its shape, mode, implementation and the bytes it must move at the least:
+Run with `tox -e bench` (or `pytest tests/benchmarks -p no:xdist`); on a GPU machine scripts/gpu_run.sh runs
+them with `--bnspec-device=gpu`. Every benchmark records in extra_info its shape, mode, implementation and
+the bytes it must move at the least:
 
   inference forward          read x + write y                       = 2 x size
   training forward           read x for the statistics, read x
@@ -11,23 +12,30 @@ extra_info its shape, mode, implementation and the bytes it must move at the lea
 `bnspec report` turns the JSON into GB/s and into a fraction of the copy bandwidth measured here
 (numpy copyto, TensorFlow's DeepCopy, and y = x + 1 on all threads, and the JAX and PyTorch copies
 below: each reads and writes the tensor once, 2 x size; the fastest copy of any backend is the
-reference).
+reference; on a GPU only the device's own copies count).
 
-One process benchmarks one Keras backend (KERAS_BACKEND, read by bnspec.flavours.backend(); Keras fixes
-its backend per process), so `tox -e bench` runs pytest three times into the same storage and the
-report merges the newest save of each backend. Each process runs that framework's implementations
-(tests of another backend are deselected, not skipped), and its own copy reference next to numpy's:
+One process benchmarks one Keras backend (the run's, bnspec.run.Run; Keras fixes its backend per process),
+so `tox -e bench` runs pytest three times into the same storage and the report merges the newest save of
+each backend. Each process runs that framework's implementations (tests of another backend are deselected,
+not skipped), and its own copy reference next to numpy's:
 
   tensorflow  keras_eager, keras_function, keras_xla, tf_nn, fused, explicit_function, explicit_xla,
               numpy; copies copy_numpy, copy_tf (DeepCopy), stream_tf (x + 1)
   jax         jax_keras_eager (the layer called eagerly; forward+backward: stateless_call through
               jax.vjp, op by op), jax_keras_jit (stateless_call under jax.jit:
               how Keras trains on JAX; the "vs Keras" reference), jax_jit (BN in jax.numpy under
-              jax.jit, forward+backward through jax.vjp); copies copy_numpy, copy_jax (x + 0 under jit)
+              jax.jit, forward+backward through jax.vjp: JAX's native BN); copies copy_numpy, copy_jax
+              (x + 0 under jit)
   torch       torch_keras_eager (the layer; the reference), torch_eager (torch ops), torch_functional
-              (torch.nn.functional.batch_norm), torch_compile (torch_eager's function under
-              torch.compile; skipped with the reason where it fails); copies copy_numpy, clone_torch
-              (x.clone()), copy_torch (out.copy_(x))
+              (torch.nn.functional.batch_norm: cuDNN or ATen's CUDA kernel on a GPU), torch_compile
+              (torch_eager's function under torch.compile; skipped with the reason where it fails); copies
+              copy_numpy, clone_torch (x.clone()), copy_torch (out.copy_(x))
+
+Devices and shapes (tests/benchmarks/_device.py). The CPU measures CPU_SHAPES, as its history always has. A
+GPU measures GPU_SHAPES: a 1.64 GB tensor (memory-bound), the 70.6 MB one (about an H200's L2) and the
+paper's 60x100 (launch-bound); there the tensors are made on the device, the host copy copy_numpy is not a
+reference, and the timing is batched: each round is several back-to-back calls and one synchronisation
+(extra_info["calls"]; PyTorch also records CUDA-event device time, extra_info["device_median_s"]).
 
 Timings include the computation, not just its dispatch: JAX outputs are blocked on
 (jax.block_until_ready), CUDA is synchronised; the first call (trace, compile) is outside the timed
@@ -36,7 +44,7 @@ torch.no_grad() on PyTorch (as predict() does), training forward updates the mov
 everywhere (returned by stateless_call and jax_jit on JAX), and forward+backward returns dx, dgamma,
 dbeta for the upstream gradient dy = 1.
 
-JAX and PyTorch allocate every output with malloc; glibc serves a block over 32 MB (the 70.6 MB
+JAX and PyTorch allocate every output with malloc on the CPU; glibc serves a block over 32 MB (the 70.6 MB
 tensor) with fresh mmap'd pages, so each call pays their page faults: copy_jax and clone_torch show
 the cost against copy_torch (into a kept buffer). Measured once on the 2-core machine:
 MALLOC_MMAP_THRESHOLD_=1073741824 took x + 0 under jit from 1.5 to 8.8 GB/s and clone from 1.1 to
@@ -44,40 +52,30 @@ MALLOC_MMAP_THRESHOLD_=1073741824 took x + 0 under jit from 1.5 to 8.8 GB/s and 
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 
 from bnspec import reference
+from tests.benchmarks import _device
+from tests.benchmarks._device import SHAPES  # CPU_SHAPES and GPU_SHAPES: each device runs its own set
+from tests.benchmarks._impls import (_TORCH_COMPILE_FAILED, _data, _first_call, _jax_input, _jax_make, _measure,
+                                     _torch_extra, _torch_input, _torch_make)
 
-SHAPES = {
-    "paper_60x100": (60, 100),
-    "dense_4096x1024": (4096, 1024),
-    "nhwc_64x56x56x64": (64, 56, 56, 64),
-    "nhwc_88x56x56x64": (88, 56, 56, 64),  # 70.6 MB of float32: the >= 64 MB case
-}
 MODES = {"inference": 2, "training": 3, "training_backward": 4}  # bytes moved per element, x4 bytes each
 IMPLS = ("keras_eager", "keras_function", "keras_xla", "tf_nn", "fused", "explicit_function", "explicit_xla", "numpy")
 JAX_IMPLS = ("jax_keras_eager", "jax_keras_jit", "jax_jit")
 TORCH_IMPLS = ("torch_keras_eager", "torch_eager", "torch_functional", "torch_compile")
-EPS, MOMENTUM = 1e-3, 0.99  # Keras' defaults
 
 
-def _info(benchmark, shape, mode, impl, factor, backend="tensorflow"):
-    n = int(np.prod(SHAPES[shape]))
-    benchmark.extra_info.update({"shape": shape, "dims": list(SHAPES[shape]), "mode": mode, "impl": impl,
+def _info(benchmark, shape, mode, impl, factor, backend="tensorflow", dims=None):
+    dims = tuple(dims or SHAPES[shape])
+    n = int(np.prod(dims))
+    benchmark.extra_info.update({"shape": shape, "dims": list(dims), "mode": mode, "impl": impl,
                                  "bytes": factor * 4 * n, "elements": n, "backend": backend})
 
 
 # The fixtures `tf`, `keras`, `backend_name` and `device` (CPU always, GPU when visible) come from
-# conftest.py; the marker `bench_backend` (tests/benchmarks/conftest.py) keeps a test to the process
-# whose Keras backend it names.
-
-
-def _data(shape):
-    rng = np.random.default_rng(0)
-    return rng.normal(1, 2, SHAPES[shape]).astype(np.float32)
+# conftest.py; the marker `bench_backend` and `bench_limits` from tests/benchmarks/conftest.py.
 
 
 # --------------------------------------------------------------------------- the physical reference
@@ -112,7 +110,7 @@ def test_copy_bandwidth(benchmark, tf, device, shape, impl):
 
 def _keras_bn(keras, shape, explicit=False):
     if explicit:
-        from bnspec.layers import ExplicitBatchNorm
+        from bnspec.subjects.layers import ExplicitBatchNorm
 
         layer = ExplicitBatchNorm()
     else:
@@ -204,233 +202,73 @@ def test_bn(benchmark, tf, keras, device, impl, mode, shape):
 # --------------------------------------------------------------------------- JAX (KERAS_BACKEND=jax)
 
 
-def _first_call(benchmark, fn):
-    """Run fn once outside the timed region (trace, compile, allocate) and record how long it took."""
-    t0 = time.perf_counter()
-    fn()
-    benchmark.extra_info["first_call_s"] = round(time.perf_counter() - t0, 4)
-
-
-def _jax_device(device):
-    import jax
-
-    return jax.devices("gpu" if device == "gpu" else "cpu")[0]
-
-
 @pytest.mark.bench_backend("jax")
 @pytest.mark.parametrize("shape", list(SHAPES))
 @pytest.mark.parametrize("impl", ["copy_numpy", "copy_jax"])
-def test_copy_jax(benchmark, keras, device, shape, impl):
+def test_copy_jax(benchmark, keras, device, bench_limits, shape, impl):
     import jax
 
-    x = _data(shape)
     _info(benchmark, shape, "copy", impl, 2, "jax")
     benchmark.extra_info["device"] = device
     if impl == "copy_numpy":
+        x = _data(shape)
         out = np.empty_like(x)
         benchmark(np.copyto, out, x)
         return
-    xj = jax.device_put(x, _jax_device(device))
+    xj = _jax_input(shape, device)
     # x + 0 under jit: XLA may simplify the add away, but a jitted function's output never aliases
     # its (undonated) input, so it still allocates and writes a new buffer: read + write
     copy = jax.jit(lambda t: t + 0.0)
-    run = lambda: jax.block_until_ready(copy(xj))  # noqa: E731
-    _first_call(benchmark, run)
     assert copy(xj).unsafe_buffer_pointer() != xj.unsafe_buffer_pointer()
-    benchmark(run)
-
-
-def _jax_bn(x, gamma, beta, mean_v, var_v, training, axes):
-    """BN in jax.numpy: the statistics as Keras computes them on JAX (jnp.mean, jnp.var), then
-    y = x * scale + shift with scale = gamma / sqrt(var + eps): one pass over x."""
-    import jax
-    import jax.numpy as jnp
-
-    if training:
-        m, v = jnp.mean(x, axes), jnp.var(x, axes)
-        mean_v, var_v = mean_v * MOMENTUM + m * (1 - MOMENTUM), var_v * MOMENTUM + v * (1 - MOMENTUM)
-    else:
-        m, v = mean_v, var_v
-    scale = gamma * jax.lax.rsqrt(v + EPS)
-    return x * scale + (beta - m * scale), (mean_v, var_v)
-
-
-def _jax_make(keras, impl, mode, shape, device):
-    """A zero-argument callable running one BN step of `mode` on JAX, blocked on its outputs."""
-    import jax
-
-    dev = _jax_device(device)
-    x_np = _data(shape)
-    x = jax.device_put(x_np, dev)
-    dy = jax.device_put(np.ones_like(x_np), dev)
-    training = mode != "inference"
-    if impl == "jax_jit":
-        c, axes = x_np.shape[-1], tuple(range(x_np.ndim - 1))
-        params = [jax.device_put(np.ones(c, np.float32), dev), jax.device_put(np.zeros(c, np.float32), dev)]
-        stats = [jax.device_put(np.zeros(c, np.float32), dev), jax.device_put(np.ones(c, np.float32), dev)]
-
-        def forward(params, stats, x):  # -> y, (new moving mean, new moving variance)
-            return _jax_bn(x, *params, *stats, training, axes)
-    else:
-        layer = keras.layers.BatchNormalization()
-        layer.build((None,) + SHAPES[shape][1:])
-        params = [v.value for v in layer.trainable_variables]
-        stats = [v.value for v in layer.non_trainable_variables]
-        if impl == "jax_keras_eager" and mode != "training_backward":  # the layer as a user calls it
-            return lambda: jax.block_until_ready(layer(x, training=training))
-
-        def forward(params, stats, x):  # -> y, the new non-trainable variables (the moving statistics)
-            return layer.stateless_call(params, stats, x, training=training)
-
-    if mode == "training_backward":
-        def step(params, stats, x, dy):
-            y, vjp, new_stats = jax.vjp(lambda p, t: forward(p, stats, t), params, x, has_aux=True)
-            dparams, dx = vjp(dy)
-            return y, dx, dparams, new_stats
-    else:
-        step = lambda params, stats, x, dy: forward(params, stats, x)  # noqa: E731
-    if impl != "jax_keras_eager":
-        step = jax.jit(step)  # every array an argument: nothing folded into the compiled code
-    return lambda: jax.block_until_ready(step(params, stats, x, dy))
+    _measure(benchmark, lambda: copy(xj), jax.block_until_ready, device, bench_limits, "jax")
 
 
 @pytest.mark.bench_backend("jax")
 @pytest.mark.parametrize("shape", list(SHAPES))
 @pytest.mark.parametrize("mode", list(MODES))
 @pytest.mark.parametrize("impl", JAX_IMPLS)
-def test_bn_jax(benchmark, keras, device, impl, mode, shape):
-    run = _jax_make(keras, impl, mode, shape, device)
+def test_bn_jax(benchmark, keras, device, bench_limits, impl, mode, shape):
+    call, sync = _jax_make(keras, impl, mode, shape, device)
     _info(benchmark, shape, mode, impl, MODES[mode], "jax")
     benchmark.extra_info["device"] = device
-    _first_call(benchmark, run)
-    benchmark(run)
+    _measure(benchmark, call, sync, device, bench_limits, "jax")
 
 
 # --------------------------------------------------------------------------- PyTorch (KERAS_BACKEND=torch)
 
 
-def _torch_device(device):
-    import torch
-
-    return torch.device("cuda:0" if device == "gpu" else "cpu")
-
-
-def _torch_timed(fn, device):
-    """fn, synchronised with the GPU so that the time includes its kernels (CPU ops are synchronous)."""
-    if device != "gpu":
-        return fn
-    import torch
-
-    def run():
-        out = fn()
-        torch.cuda.synchronize()
-        return out
-
-    return run
-
-
 @pytest.mark.bench_backend("torch")
 @pytest.mark.parametrize("shape", list(SHAPES))
 @pytest.mark.parametrize("impl", ["copy_numpy", "clone_torch", "copy_torch"])
-def test_copy_torch(benchmark, keras, device, shape, impl):
+def test_copy_torch(benchmark, keras, device, bench_limits, shape, impl):
     import torch
 
-    x = _data(shape)
     _info(benchmark, shape, "copy", impl, 2, "torch")
     benchmark.extra_info["device"] = device
     if impl == "copy_numpy":
+        x = _data(shape)
         out = np.empty_like(x)
         benchmark(np.copyto, out, x)
         return
-    xt = torch.from_numpy(x).to(_torch_device(device))
+    xt = _torch_input(shape, device)
     if impl == "clone_torch":  # allocates a new tensor and copies into it
-        run = xt.clone
+        call = xt.clone
     else:  # copies into a preallocated tensor (the analogue of np.copyto; multi-threaded in ATen)
         out = torch.empty_like(xt)
-        run = lambda: out.copy_(xt)  # noqa: E731
-    run = _torch_timed(run, device)
-    _first_call(benchmark, run)
-    benchmark(run)
-
-
-def _torch_bn(x, gamma, beta, mean_v, var_v, training: bool, dims: tuple):
-    """BN in torch ops: statistics by torch.var_mean (one pass), y = x * scale + shift; the moving
-    statistics are updated in place (from detached statistics, outside the autograd graph)."""
-    import torch
-
-    if training:
-        v, m = torch.var_mean(x, dim=dims, correction=0)
-        with torch.no_grad():
-            mean_v.mul_(MOMENTUM).add_(m.detach(), alpha=1 - MOMENTUM)
-            var_v.mul_(MOMENTUM).add_(v.detach(), alpha=1 - MOMENTUM)
-    else:
-        m, v = mean_v, var_v
-    scale = gamma * torch.rsqrt(v + EPS)
-    return x * scale + (beta - m * scale)
-
-
-_TORCH_COMPILE_FAILED: list[str] = []  # the first torch.compile failure: later cases skip with it
-
-
-def _torch_make(keras, impl, mode, shape, device):
-    """A zero-argument callable running one BN step of `mode` on PyTorch."""
-    import torch
-    import torch.nn.functional as F
-
-    dev = _torch_device(device)
-    x_np = _data(shape)
-    backward = mode == "training_backward"
-    training = mode != "inference"
-    x = torch.from_numpy(x_np).to(dev).requires_grad_(backward)
-    dy = torch.ones_like(x)
-    c = x_np.shape[-1]
-    if impl == "torch_keras_eager":
-        layer = keras.layers.BatchNormalization()
-        layer.build((None,) + SHAPES[shape][1:])
-        params = [layer.gamma.value, layer.beta.value]
-        forward = lambda: layer(x, training=training)  # noqa: E731
-    else:
-        params = [torch.ones(c, device=dev, requires_grad=backward), torch.zeros(c, device=dev, requires_grad=backward)]
-        mean_v, var_v = torch.zeros(c, device=dev), torch.ones(c, device=dev)
-        if impl == "torch_functional":
-            def forward():
-                # channels last: NHWC seen as NCHW is torch's channels_last layout (a view, no copy),
-                # which the native CPU kernel handles as such; (N, C) is already what it takes
-                t = x.permute(0, x.ndim - 1, *range(1, x.ndim - 1)) if x.ndim > 2 else x
-                y = F.batch_norm(t, mean_v, var_v, params[0], params[1], training=training,
-                                 momentum=1 - MOMENTUM, eps=EPS)
-                return y.permute(0, *range(2, x.ndim), 1) if x.ndim > 2 else y
-        else:
-            fn = _torch_bn
-            if impl == "torch_compile":
-                if _TORCH_COMPILE_FAILED:
-                    pytest.skip(_TORCH_COMPILE_FAILED[0])
-                torch._dynamo.reset()  # one specialised graph per case: no recompile limits, no dynamic shapes
-                fn = torch.compile(_torch_bn, dynamic=False)
-            dims = tuple(range(x_np.ndim - 1))
-            forward = lambda: fn(x, params[0], params[1], mean_v, var_v, training, dims)  # noqa: E731
-
-    if backward:
-        def step():
-            y = forward()
-            return y, torch.autograd.grad(y, [x] + params, dy)
-    else:
-        def step():
-            with torch.no_grad():
-                return forward()
-    return _torch_timed(step, device)
+        call = lambda: out.copy_(xt)  # noqa: E731
+    _measure(benchmark, call, _device.torch_sync(device), device, bench_limits, "torch", _device.torch_event(device))
 
 
 @pytest.mark.bench_backend("torch")
 @pytest.mark.parametrize("shape", list(SHAPES))
 @pytest.mark.parametrize("mode", list(MODES))
 @pytest.mark.parametrize("impl", TORCH_IMPLS)
-def test_bn_torch(benchmark, keras, device, impl, mode, shape):
-    run = _torch_make(keras, impl, mode, shape, device)
+def test_bn_torch(benchmark, keras, device, bench_limits, impl, mode, shape):
+    call, sync = _torch_make(keras, impl, mode, shape, device)
     _info(benchmark, shape, mode, impl, MODES[mode], "torch")
-    benchmark.extra_info["device"] = device
+    benchmark.extra_info.update({"device": device, **_torch_extra(device)})
     try:
-        _first_call(benchmark, run)
+        _first_call(benchmark, lambda: _device.synced(call, sync))
     except Exception as exc:  # noqa: BLE001 - torch.compile fails from many layers (dynamo, inductor, the C++ compiler)
         if impl != "torch_compile":
             raise
@@ -438,15 +276,15 @@ def test_bn_torch(benchmark, keras, device, impl, mode, shape):
         _TORCH_COMPILE_FAILED.append(f"torch.compile does not work here (first failure on {shape}, {mode}): "
                                      f"{type(exc).__name__}: {first_line}")
         pytest.skip(_TORCH_COMPILE_FAILED[0])
-    benchmark(run)
+    _measure(benchmark, call, sync, device, bench_limits, "torch", _device.torch_event(device), first_call=False)
 
 
 # --------------------------------------------------------------------------- the paper's model, one training step
 
 
 @pytest.mark.parametrize("variant", ["keras_bn", "explicit_bn", "no_bn"])
-def test_mnist_training_step(benchmark, keras, backend_name, variant):
-    from bnspec.model import ModelSpec, build, compile_model
+def test_mnist_training_step(benchmark, keras, backend_name, gpus, variant):
+    from bnspec.subjects.model import ModelSpec, build, compile_model
 
     spec = {"keras_bn": ModelSpec(), "explicit_bn": ModelSpec(bn="explicit"), "no_bn": ModelSpec(batchnorm=False)}[variant]
     model = compile_model(build(spec, keras), keras)
@@ -455,5 +293,5 @@ def test_mnist_training_step(benchmark, keras, backend_name, variant):
     y = np.eye(10, dtype=np.float32)[rng.integers(0, 10, 60)]
     model.train_on_batch(x, y)  # builds the training function
     benchmark.extra_info.update({"mode": "mnist_step", "impl": variant, "shape": "mnist_60x784",
-                                 "backend": backend_name})
+                                 "backend": backend_name, "device": "gpu" if gpus else "cpu"})  # Keras' default device
     benchmark(model.train_on_batch, x, y)

@@ -7,9 +7,9 @@ claims are unmeasured (skipped with the reason)."""
 import numpy as np
 import pytest
 
-from bnspec import backend as B
-from bnspec import convert, probes, reference
-from bnspec.backend import to_numpy
+from bnspec import convert, reference
+from tests.claims import _kit as probes
+from bnspec.measure.backend import to_numpy
 
 M, UNITS, STEPS = 60, 8, 200
 U = reference.U32
@@ -58,7 +58,7 @@ def _torch_state(bn) -> dict:
     return dict(out, eps=float(bn.eps))
 
 
-def _keras_stream(keras, batches, momentum):
+def _keras_stream(B, keras, batches, momentum):
     """Keras' moving statistics after training-mode calls on `batches`, with the float32 bounds of the
     EMA accumulated step by step (reference.ema_bounds, damped by the momentum)."""
     layer = keras.layers.BatchNormalization(momentum=momentum)
@@ -89,9 +89,9 @@ def _torch_stream(torch, batches, momentum):
 
 @pytest.mark.claim("X01")
 @pytest.mark.parametrize("keras_momentum", [0.9, 0.99])
-def test_momentum_conventions(verdict, keras, torch, rng, keras_momentum):
+def test_momentum_conventions(verdict, B, keras, torch, rng, keras_momentum):
     batches = _stream(rng)
-    k, b_mean, _ = _keras_stream(keras, batches, keras_momentum)
+    k, b_mean, _ = _keras_stream(B, keras, batches, keras_momentum)
     p = convert.momentum_keras_to_torch(keras_momentum)
     t, _ = _torch_stream(torch, batches, p)
     copied, _ = _torch_stream(torch, batches, keras_momentum)  # the number taken over unchanged
@@ -110,9 +110,9 @@ def test_momentum_conventions(verdict, keras, torch, rng, keras_momentum):
 
 
 @pytest.mark.claim("X02")
-def test_running_variance_conventions(verdict, keras, torch, rng):
+def test_running_variance_conventions(verdict, B, keras, torch, rng):
     batches = _stream(rng)
-    k, _, b_k = _keras_stream(keras, batches, 0.9)
+    k, _, b_k = _keras_stream(B, keras, batches, 0.9)
     t, b_t = _torch_stream(torch, batches, 0.1)
     want = M / (M - 1)
     ratio = t["running_var"] / k["var"]

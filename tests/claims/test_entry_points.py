@@ -1,7 +1,7 @@
 """Which Keras entry points run BN in training mode, and which change the model's state.
 
-Models are the notebook's architecture (bnspec.model), untrained but with randomised BN state
-(bnspec.probes.randomise_bn), fed seeded random inputs: what is measured is the mode and the
+Models are the notebook's architecture (bnspec.subjects.model), untrained but with randomised BN state
+(tests.claims._kit.randomise_bn), fed seeded random inputs: what is measured is the mode and the
 state changes, not accuracy. "Unchanged" is finite and bitwise equal (probes.unchanged, through
 verdict.equal): an inference call assigns no variable, and a NaN written into one is an error.
 
@@ -12,14 +12,15 @@ within probes.collapse_bound). Each test first checks that the two references ar
 the sum of their bounds, so an output within one bound is outside the other.
 
 Backend-neutral (Keras 3 on TensorFlow, JAX and PyTorch; tf_keras): outputs are read through
-bnspec.backend.to_numpy, state through bnspec.probes."""
+bnspec.measure.backend.to_numpy, state through tests.claims._kit."""
 
 import numpy as np
 import pytest
 
-from bnspec import probes, reference
-from bnspec.backend import to_numpy
-from bnspec.model import KINDS, NOTEBOOK_HARDCODED_LAYERS, ModelSpec, bn_layers, build, compile_model, dense_layers
+from bnspec import reference
+from tests.claims import _kit as probes
+from bnspec.measure.backend import to_numpy
+from bnspec.subjects.model import KINDS, NOTEBOOK_HARDCODED_LAYERS, ModelSpec, bn_layers, build, compile_model, dense_layers
 
 BATCH = 60
 SINGLES = 10  # single-example batches per test of the hard-coded model

@@ -1,14 +1,15 @@
-"""ExplicitBatchNorm (bnspec.layers), the paper's BN written out with keras.ops, against Keras'
+"""ExplicitBatchNorm (bnspec.subjects.layers), the paper's BN written out with keras.ops, against Keras'
 BatchNormalization and the numpy float64 reference: forward, gradients, moving statistics,
-population statistics (Algorithm 2), training, serialization. Backend-neutral (bnspec.backend)."""
+population statistics (Algorithm 2), training, serialization. Backend-neutral (bnspec.measure.backend)."""
 
 import numpy as np
 import pytest
 
-from bnspec import backend as B
-from bnspec import popstats, probes, reference
-from bnspec.backend import to_numpy
-from bnspec.plugin import finite, not_applicable
+from bnspec import reference
+from bnspec.subjects import popstats
+from tests.claims import _kit as probes
+from bnspec.measure.backend import to_numpy
+from bnspec.measure.verdict import finite, not_applicable
 
 SHAPES = {  # name -> (input shape, axis)
     "60x100": ((60, 100), -1),
@@ -22,9 +23,10 @@ SHAPES = {  # name -> (input shape, axis)
 
 @pytest.fixture(scope="module")
 def layers_mod(keras):
-    from bnspec import layers
+    """ExplicitBatchNorm and what this Keras lets it do (bnspec.subjects.layers.for_keras)."""
+    from bnspec.subjects import layers
 
-    return layers
+    return layers.for_keras(keras)
 
 
 def _pair(keras, layers_mod, rng, shape, axis, **kwargs):
@@ -90,7 +92,7 @@ def test_forward_matches_keras_and_reference(verdict, keras, layers_mod, device,
                          f"{e['keras_vs_reference']['bound']:.1e}); the other mode is {e['other_mode_reference']['value']:.2g} away")
 
 
-def _grads(layers_mod, layer, x, dy):
+def _grads(B, layers_mod, layer, x, dy):
     """d sum(layer(x, training=True) * dy) / d (x, gamma, beta), through the backend's autodiff."""
     ops = layers_mod.ops
     dyt = ops.convert_to_tensor(dy)  # a backend tensor: torch cannot multiply its tensors by numpy arrays
@@ -101,7 +103,7 @@ def _grads(layers_mod, layer, x, dy):
 
 @pytest.mark.claim("E02")
 @pytest.mark.parametrize("shape", list(SHAPES))
-def test_gradients_match_the_paper(verdict, keras, layers_mod, device, rng, shape):
+def test_gradients_match_the_paper(verdict, B, keras, layers_mod, device, rng, shape):
     dims, axis = SHAPES[shape]
     k, e = _pair(keras, layers_mod, rng, dims, axis)
     s = probes.bn_state(k)
@@ -110,7 +112,7 @@ def test_gradients_match_the_paper(verdict, keras, layers_mod, device, rng, shap
     bound = reference.bn_backward_bound(dy, x, s["gamma"], s["eps"], axis=axis)
     ok = True
     for name, layer in (("explicit", e), ("keras", k)):
-        g = _grads(layers_mod, layer, x, dy)
+        g = _grads(B, layers_mod, layer, x, dy)
         for part in ("x", "gamma", "beta"):
             ok &= verdict.within(f"{name}_d{part}", g[part] - ref[part], bound[part])
     # the alternative: the "naive" gradient that treats the batch mean and variance as constants
@@ -168,7 +170,7 @@ def test_moving_statistics_after_updates(verdict, keras, layers_mod, rng, shape)
 
 @pytest.mark.claim("E04")
 @pytest.mark.parametrize("shape", ["60x100", "7x3", "2x100", "nhwc_axis-1", "nchw_axis1"])
-def test_paper_backward_equals_autodiff(verdict, layers_mod, device, rng, shape):
+def test_paper_backward_equals_autodiff(verdict, B, layers_mod, device, rng, shape):
     dims, axis = SHAPES[shape]
     if not layers_mod.CUSTOM_GRADIENT:
         not_applicable("this Keras has no keras.ops.custom_gradient for the paper's backward pass")
@@ -180,7 +182,7 @@ def test_paper_backward_equals_autodiff(verdict, layers_mod, device, rng, shape)
     paper.set_weights(auto.get_weights())
     s = probes.bn_state(auto)
     x, dy = _x(rng, dims, axis), rng.normal(0, 1, dims).astype(np.float32)
-    g_auto, g_paper = _grads(layers_mod, auto, x, dy), _grads(layers_mod, paper, x, dy)
+    g_auto, g_paper = _grads(B, layers_mod, auto, x, dy), _grads(B, layers_mod, paper, x, dy)
     bound = reference.bn_backward_bound(dy, x, s["gamma"], s["eps"], axis=axis)
     # each is within `bound` of the exact gradient (reference.bn_backward_bound), so 2*bound apart
     ok = True
@@ -241,9 +243,9 @@ def _max_param_diff(ws1, ws2):
 
 
 @pytest.mark.claim("E06")
-def test_keras_and_explicit_models_train_alike(verdict, keras, layers_mod, mnist, monkeypatch):
-    from bnspec import model as bn_model
-    from bnspec.model import ModelSpec, build, compile_model
+def test_keras_and_explicit_models_train_alike(B, verdict, keras, layers_mod, mnist, monkeypatch):
+    from bnspec.subjects import model as bn_model
+    from bnspec.subjects.model import ModelSpec, build, compile_model
 
     class UnbiasedBN(layers_mod.ExplicitBatchNorm):
         """The control: a deliberately wrong explicit layer that normalises with the unbiased batch

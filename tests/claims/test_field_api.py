@@ -21,20 +21,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bnspec import backend as B
-from bnspec import cache, flavours, paths, probes, reference
-from bnspec.plugin import finite, not_applicable
+from bnspec import paths, reference
+from bnspec.measure.backend import to_numpy
+from bnspec.subjects import cache
+from tests.claims import _kit as probes
+from bnspec.measure.verdict import finite, not_applicable
 from bnspec.reference import U32
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _family() -> str:
-    return flavours.FAMILY[flavours.current()]
-
-
-def _tensorflow_only(what: str) -> None:
-    if flavours.backend() != "tensorflow":
+def _tensorflow_only(run, what: str) -> None:
+    if run.backend != "tensorflow":
         pytest.skip(f"{what}: TensorFlow-specific")
 
 
@@ -46,9 +44,10 @@ def _ratio(evidence, name: str) -> str:
 
 def _mul_sum(keras, a, b):
     """sum(a * b) for a backend tensor a and a numpy array b, in the flavour's ops."""
-    if _family() == "keras3":
+    if hasattr(keras, "ops"):  # Keras 3
         return keras.ops.sum(a * keras.ops.convert_to_tensor(np.asarray(b, np.float32)))
-    tf = flavours.tensorflow()
+    import tensorflow as tf
+
     return tf.reduce_sum(a * tf.constant(np.asarray(b, np.float32)))
 
 
@@ -257,10 +256,10 @@ def _export(model, path: str, **kw):
 @pytest.mark.claim("C02")
 @pytest.mark.parametrize("entry", C02_ENTRIES)
 @pytest.mark.parametrize("preproc", PREPROC)
-def test_preprocessing_upstream_leaves_bn_in_inference(verdict, keras, rng, tmp_path, preproc, entry):
+def test_preprocessing_upstream_leaves_bn_in_inference(run, verdict, keras, rng, tmp_path, preproc, entry):
     if entry != "call":
-        _tensorflow_only("model.export() artefacts served by TensorFlow")
-    if entry == "export_litert" and _family() == "tfkeras":
+        _tensorflow_only(run, "model.export() artefacts served by TensorFlow")
+    if entry == "export_litert" and run.family == "tfkeras":
         pytest.skip("tf_keras' Model.export has no format='litert'")
     n = 16
     x = _symmetric_images(rng, n)
@@ -271,8 +270,8 @@ def test_preprocessing_upstream_leaves_bn_in_inference(verdict, keras, rng, tmp_
     model = keras.Model(inp, bn(keras.layers.Flatten()(pre(inp))))
     probes.randomise_bn(bn, rng)
     # the premise: the preprocessing layer maps x to itself bitwise in both modes
-    same_t = verdict.equal("preprocessing_identity_training", x, B.to_numpy(pre(x, training=True)))
-    same_i = verdict.equal("preprocessing_identity_inference", x, B.to_numpy(pre(x, training=False)))
+    same_t = verdict.equal("preprocessing_identity_training", x, to_numpy(pre(x, training=True)))
+    same_i = verdict.equal("preprocessing_identity_inference", x, to_numpy(pre(x, training=False)))
     if not (same_t and same_i):
         pytest.fail(f"{preproc} does not map the symmetric images to themselves: the test's premise fails")
 
@@ -286,10 +285,10 @@ def test_preprocessing_upstream_leaves_bn_in_inference(verdict, keras, rng, tmp_
 
     moving = None  # (before, after) of the moving statistics the entry point could have changed
     if entry == "call":
-        y = B.to_numpy(model(x))
+        y = to_numpy(model(x))
         moving = (s, probes.bn_state(bn))
     elif entry == "export_serve":
-        tf = flavours.tensorflow()
+        import tensorflow as tf
         path = str(tmp_path / "exported")
         _export(model, path)
         loaded = tf.saved_model.load(path)
@@ -299,7 +298,7 @@ def test_preprocessing_upstream_leaves_bn_in_inference(verdict, keras, rng, tmp_
         after = {"mean": np.array(var["moving_mean"].numpy(), np.float64), "var": np.array(var["moving_variance"].numpy(), np.float64)}
         moving = (before, after)
     else:
-        tf = flavours.tensorflow()
+        import tensorflow as tf
         path = str(tmp_path / "exported.tflite")
         _export(model, path, format="litert")
         ops, y = _tflite_run(tf, Path(path).read_bytes(), x)
@@ -354,7 +353,7 @@ def _honoured(verdict, keras, rng, arg, layer) -> bool:
         return bool(layer.get_config().get("renorm")) and any("renorm" in nm for nm in names)
     if arg == "axis_list":  # statistics per (h, w) position, over the batch and the channels
         x = rng.normal(1.0, 2.0, (4, 3, 3, 2)).astype(np.float32)
-        y = B.to_numpy(layer(x, training=True))
+        y = to_numpy(layer(x, training=True))
         xt = x.transpose(0, 3, 1, 2).reshape(8, 9)  # features = the 9 positions, 8 values each
         ref, m, v = reference.bn_train(xt, 1.0, 0.0, layer.epsilon)
         bound = reference.bn_bound(xt, 1.0, 0.0, m, v, layer.epsilon, n_reduce=8)
@@ -362,7 +361,7 @@ def _honoured(verdict, keras, rng, arg, layer) -> bool:
         verdict.power("per_channel_alternative", per_channel - ref, 2 * bound)
         return verdict.within("output_vs_per_position_reference", y.transpose(0, 3, 1, 2).reshape(8, 9) - ref, bound)
     x = rng.normal(1.0, 2.0, (4, 2)).astype(np.float32)
-    y = B.to_numpy(layer(x, training=True))
+    y = to_numpy(layer(x, training=True))
     if arg == "virtual_batch_size":
         # ghost batches of 2, each normalised by its own statistics. tf_keras reshapes the batch to
         # (virtual_batch_size, -1, features) and reduces over the first axis, so ghost batch j holds
@@ -384,9 +383,9 @@ def _honoured(verdict, keras, rng, arg, layer) -> bool:
 
 @pytest.mark.claim("C12")
 @pytest.mark.parametrize("arg", C12_ARGS)
-def test_keras2_arguments_honoured_or_rejected(verdict, keras, rng, tmp_path, arg, request):
+def test_keras2_arguments_honoured_or_rejected(run, verdict, keras, rng, tmp_path, arg, request):
     if arg == "h5_multi_axis":
-        if _family() == "tfkeras":  # tf_keras reloads its own file
+        if run.family == "tfkeras":  # tf_keras reloads its own file
             inp = keras.Input((3, 3, 2))
             keras.Model(inp, keras.layers.BatchNormalization(axis=[1, 2], name="bn")(inp)).save(tmp_path / "m.h5")
             path = tmp_path / "m.h5"
@@ -424,11 +423,11 @@ FOLDED_OK = {"CONV_2D", "RELU"}  # anything else after the convolution is separa
 
 @pytest.mark.claim("C17")
 @pytest.mark.parametrize("entry", ["from_keras_model", "export_litert"])
-def test_tflite_folds_bn_into_conv(verdict, keras, rng, tmp_path, entry):
-    _tensorflow_only("TFLite conversion")
-    if entry == "export_litert" and _family() == "tfkeras":
+def test_tflite_folds_bn_into_conv(run, verdict, keras, rng, tmp_path, entry):
+    _tensorflow_only(run, "TFLite conversion")
+    if entry == "export_litert" and run.family == "tfkeras":
         pytest.skip("tf_keras' Model.export has no format='litert'")
-    tf = flavours.tensorflow()
+    import tensorflow as tf
     conv, bn = keras.layers.Conv2D(4, 3, use_bias=False), keras.layers.BatchNormalization()
     inp = keras.Input((8, 8, 3))
     model = keras.Model(inp, keras.layers.ReLU()(bn(conv(inp))))
@@ -437,7 +436,7 @@ def test_tflite_folds_bn_into_conv(verdict, keras, rng, tmp_path, entry):
     probes.randomise_bn(bn, rng)
     s = probes.bn_state(bn)
     x = rng.normal(0.0, 1.0, (2, 8, 8, 3)).astype(np.float32)
-    y_k = B.to_numpy(model(x, training=False))
+    y_k = to_numpy(model(x, training=False))
     if entry == "from_keras_model":
         blob = tf.lite.TFLiteConverter.from_keras_model(model).convert()
     else:
@@ -474,7 +473,7 @@ def test_tflite_folds_bn_into_conv(verdict, keras, rng, tmp_path, entry):
 
 @pytest.mark.claim("C18")
 @pytest.mark.parametrize("layer", ["dense", "conv1x1"])
-def test_bias_before_bn_is_useless_in_training(verdict, keras, rng, layer):
+def test_bias_before_bn_is_useless_in_training(B, verdict, keras, rng, layer):
     k, c = 6, 5
     if layer == "dense":
         pre, x = keras.layers.Dense(c), rng.normal(1.0, 1.0, (32, k)).astype(np.float32)
@@ -495,7 +494,7 @@ def test_bias_before_bn_is_useless_in_training(verdict, keras, rng, layer):
     m = int(np.prod(x.shape[:-1]))
 
     _, (g_w, g_b) = B.gradients(lambda xt: _mul_sum(keras, bn(pre(xt), training=True), dy), x, [pre.kernel, pre.bias])
-    h = B.to_numpy(pre(x)).astype(np.float64)  # the float32 input BN sees
+    h = to_numpy(pre(x)).astype(np.float64)  # the float32 input BN sees
     # exact: d loss / d bias = sum over the batch of d loss / d h, which is 0 for any h. Its float32 value
     # is at most the summed error of d loss / d h (reference.bn_backward_bound) plus the length-m sum's
     # rounding (m u sum|dh|).
@@ -524,9 +523,9 @@ def test_bias_before_bn_is_useless_in_training(verdict, keras, rng, layer):
         carried = np.abs(s["gamma"]) / sd * (dh + dh.mean(axis=axes) + np.abs(x_hat) * (np.abs(x_hat) * dh).mean(axis=axes))
         return reference.bn_bound(hh, s["gamma"], s["beta"], bm + bias - b, bv, s["eps"], n_reduce=m) + carried
 
-    y0 = B.to_numpy(bn(pre(x), training=True))
+    y0 = to_numpy(bn(pre(x), training=True))
     pre.bias.assign((b + delta).astype(np.float32))
-    y1 = B.to_numpy(bn(pre(x), training=True))
+    y1 = to_numpy(bn(pre(x), training=True))
     b0, b1 = bound_for(b), bound_for(b + delta)
     verdict.power("inference_mode_output_shift", np.broadcast_to(inv_moving * delta, y0.shape), b0 + b1)
     verdict.within("output_vs_reference", y0 - ref, b0)
@@ -549,9 +548,9 @@ def test_bias_before_bn_is_useless_in_training(verdict, keras, rng, layer):
 
 
 @pytest.mark.claim("C23")
-def test_compat_v1_bn_trainable_false_uses_batch_statistics(verdict, keras, rng):
-    _tensorflow_only("tf.compat.v1.keras")
-    tf = flavours.tensorflow()
+def test_compat_v1_bn_trainable_false_uses_batch_statistics(run, verdict, keras, rng):
+    _tensorflow_only(run, "tf.compat.v1.keras")
+    import tensorflow as tf
     cls = tf.compat.v1.keras.layers.BatchNormalization
     verdict.record(layer_class=f"{cls.__module__}.{cls.__name__}")
     layer = cls()
@@ -560,7 +559,7 @@ def test_compat_v1_bn_trainable_false_uses_batch_statistics(verdict, keras, rng)
     layer.trainable = False
     x = (rng.normal(0, 1, (60, 50)) * 2 + 1).astype(np.float32)
     s = probes.bn_state(layer)
-    y = B.to_numpy(layer(x, training=True))
+    y = to_numpy(layer(x, training=True))
     after = probes.bn_state(layer)
     ref_b, bm, bv = reference.bn_train(x, s["gamma"], s["beta"], s["eps"])
     bound_b = reference.bn_bound(x, s["gamma"], s["beta"], bm, bv, s["eps"], n_reduce=60)
@@ -583,9 +582,9 @@ def test_compat_v1_bn_trainable_false_uses_batch_statistics(verdict, keras, rng)
 
 
 @pytest.mark.claim("C24")
-def test_tensor_training_flag_in_tf_function(verdict, keras, rng):
-    _tensorflow_only("tf.function")
-    tf = flavours.tensorflow()
+def test_tensor_training_flag_in_tf_function(run, verdict, keras, rng):
+    _tensorflow_only(run, "tf.function")
+    import tensorflow as tf
     layer = probes.make_bn(keras, 50, rng)
     x = (rng.normal(0, 1, (60, 50)) * 2 + 1).astype(np.float32)
     s0 = probes.bn_state(layer)
@@ -596,9 +595,9 @@ def test_tensor_training_flag_in_tf_function(verdict, keras, rng):
                   bound_b + reference.bn_bound(x, s0["gamma"], s0["beta"], s0["mean"], s0["var"], s0["eps"]))
     f = tf.function(lambda v, t: layer(v, training=t))
     try:
-        y_true = B.to_numpy(f(tf.constant(x), tf.constant(True)))
+        y_true = to_numpy(f(tf.constant(x), tf.constant(True)))
         s1 = probes.bn_state(layer)
-        y_false = B.to_numpy(f(tf.constant(x), tf.constant(False)))
+        y_false = to_numpy(f(tf.constant(x), tf.constant(False)))
         s2 = probes.bn_state(layer)
     except Exception as exc:  # what raised is the evidence; its type is the mechanism
         raised = isinstance(exc, tf.errors.OperatorNotAllowedInGraphError)
@@ -627,10 +626,10 @@ def test_tensor_training_flag_in_tf_function(verdict, keras, rng):
 
 
 @pytest.mark.claim("C25")
-def test_tfkeras_savedmodel_in_tfsmlayer_stays_in_inference(verdict, keras, rng, request):
-    if _family() == "tfkeras":
+def test_tfkeras_savedmodel_in_tfsmlayer_stays_in_inference(run, verdict, keras, rng, request):
+    if run.family == "tfkeras":
         pytest.skip("keras.layers.TFSMLayer is Keras 3 API (tf_keras reloads its SavedModels with load_model)")
-    _tensorflow_only("keras.layers.TFSMLayer (a TF SavedModel)")
+    _tensorflow_only(run, "keras.layers.TFSMLayer (a TF SavedModel)")
     art = request.getfixturevalue("tfkeras_artifacts")
     st = np.load(art / "bn_savedmodel_state.npz")
     sm = keras.layers.TFSMLayer(str(art / "bn_savedmodel"), call_endpoint="serving_default")
@@ -646,7 +645,7 @@ def test_tfkeras_savedmodel_in_tfsmlayer_stays_in_inference(verdict, keras, rng,
         for v in sm.weights:
             for nm, short in (("moving_mean", "mean"), ("moving_variance", "var"), ("gamma", "gamma"), ("beta", "beta")):
                 if nm in (getattr(v, "path", None) or v.name):
-                    out[short] = np.array(B.to_numpy(v), np.float64)
+                    out[short] = np.array(to_numpy(v), np.float64)
         return out
 
     s0 = state()
@@ -658,7 +657,7 @@ def test_tfkeras_savedmodel_in_tfsmlayer_stays_in_inference(verdict, keras, rng,
     verdict.record(gamma_change_by_fit=float(np.max(np.abs(s1["gamma"] - s0["gamma"]))),
                    beta_change_by_fit=float(np.max(np.abs(s1["beta"] - s0["beta"]))))
     eps = float(st["eps"])
-    y = B.to_numpy(sm(x, training=True)[key])
+    y = to_numpy(sm(x, training=True)[key])
     ref = reference.bn_inference(x, s1["gamma"], s1["beta"], s1["mean"], s1["var"], eps)
     bound = reference.bn_bound(x, s1["gamma"], s1["beta"], s1["mean"], s1["var"], eps)
     tr, bm, bv = reference.bn_train(x, s1["gamma"], s1["beta"], eps)

@@ -2,7 +2,7 @@
 Module flags, the numerics of each backend's moments and inference transform, and gradients.
 
 Every test runs in this process on the backend under test (KERAS_BACKEND=tensorflow|jax|torch, or tf_keras)
-through keras.ops, numpy and bnspec.backend; C13 (torch.nn.Module.train/eval) skips on the other backends,
+through keras.ops, numpy and bnspec.measure.backend; C13 (torch.nn.Module.train/eval) skips on the other backends,
 C05's synchronized=True case skips where Keras refuses it (jax, torch). Comparisons are against the numpy
 float64 reference (bnspec.reference) with float32 bounds derived beside each test (u = 2^-24, U32), or
 bitwise (verdict.equal); a non-finite measurement is an error unless the claim is about non-finite values
@@ -14,9 +14,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from bnspec import backend as B
-from bnspec import flavours, probes, reference
-from bnspec.plugin import finite
+from bnspec import reference
+from bnspec.measure.backend import to_numpy
+from tests.claims import _kit as probes
+from bnspec.measure.verdict import finite
 from bnspec.reference import U32
 
 
@@ -24,12 +25,13 @@ def _ops(keras):
     """keras.ops, or the two ops these tests need from TensorFlow on tf_keras (Keras 2 has no keras.ops)."""
     if hasattr(keras, "ops"):
         return keras.ops
-    tf = flavours.tensorflow()
+    import tensorflow as tf
+
     return SimpleNamespace(convert_to_tensor=tf.convert_to_tensor, sum=lambda x: tf.reduce_sum(x))
 
 
 def _a(x) -> np.ndarray:
-    return B.to_numpy(x).astype(np.float64)
+    return to_numpy(x).astype(np.float64)
 
 
 def _precondition(verdict, ok: bool, why: str) -> None:
@@ -142,7 +144,7 @@ def test_batch_variance_accurate_for_large_means(verdict, keras, backend_name, r
     dm = n * U32 * np.abs(x64).mean(axis=0)
     b_two = (n + 2) * U32 * var + (1 + (n + 2) * U32) * dm**2
     two_pass = verdict.within("variance_vs_two_pass_bound", v - var, b_two)
-    bad = verdict.count_nonfinite("nonfinite_outputs", B.to_numpy(y))  # the claim is about NaN outputs too
+    bad = verdict.count_nonfinite("nonfinite_outputs", to_numpy(y))  # the claim is about NaN outputs too
     ok = two_pass and bad == 0
     # the alternative: numpy's float32 one-pass E[x^2] - E[x]^2 on the same data must be outside the bound
     one_pass = np.mean(np.square(x), axis=0, dtype=np.float32) - np.square(np.mean(x, axis=0, dtype=np.float32))
@@ -240,7 +242,7 @@ def _x(rng, shape, axis):
 
 @pytest.mark.claim("C14")
 @pytest.mark.parametrize("shape", list(SHAPES))
-def test_gradients_follow_the_paper(verdict, keras, rng, shape):
+def test_gradients_follow_the_paper(B, verdict, keras, rng, shape):
     dims, axis = SHAPES[shape]
     bn = probes.make_bn(keras, dims[axis], rng, input_shape=(None,) + dims[1:], axis=axis)
     s = probes.bn_state(bn)
@@ -258,7 +260,7 @@ def test_gradients_follow_the_paper(verdict, keras, rng, shape):
     detached = reference.bn_inference(dy, s["gamma"], 0.0, 0.0, var, s["eps"], axis=axis)
     verdict.power("detached_statistics_alternative", detached - ref["x"], bound["x"])
     worst = max(_ratio(verdict, f"d{p}_vs_paper") for p in ("x", "gamma", "beta"))
-    verdict.conclude(ok, f"{shape} on {B.name()}: worst gradient error / float32 bound = {worst:.2g}; the detached "
+    verdict.conclude(ok, f"{shape} on {B.name}: worst gradient error / float32 bound = {worst:.2g}; the detached "
                          f"gradient is {verdict.evidence['detached_statistics_alternative']['value']:.2g} away")
 
 
@@ -355,7 +357,7 @@ def test_inference_error_independent_of_offset(verdict, keras, rng, offset, rank
 
 
 @pytest.mark.claim("C21")
-def test_large_batch_statistics_float32_accurate(verdict, keras, device, rng):
+def test_large_batch_statistics_float32_accurate(B, verdict, keras, device, rng):
     shape = (64, 224, 224, 3)
     x = rng.random(shape, dtype=np.float32) * np.float32(255.0)  # 38.5 MB, uniform [0, 255]
     f = x.reshape(-1, 3)
@@ -391,8 +393,8 @@ def test_large_batch_statistics_float32_accurate(verdict, keras, device, rng):
     # squared deviations); tf_keras' fused kernel: beyond the pairwise bound, within recursive summation's
     # (m - 1 additions + the division: m u sum|x| / m for the mean, (3m + 3) u E[x^2] for the variance, as in
     # C05's one-pass bound, + 2u for tf_keras' Bessel factor)
-    seq = verdict.equal("mean_is_sequential_sum", seq_mean, B.to_numpy(bn.moving_mean)) & verdict.equal(
-        "variance_is_sequential_sum", seq_var, B.to_numpy(bn.moving_variance))
+    seq = verdict.equal("mean_is_sequential_sum", seq_mean, to_numpy(bn.moving_mean)) & verdict.equal(
+        "variance_is_sequential_sum", seq_var, to_numpy(bn.moving_variance))
     verdict.mechanism("sequential_summation", seq, f"moving mean and variance bitwise the sequential float32 sums: {seq}")
     rec = verdict.within("mean_vs_recursive_bound", mm - mean, m * U32 * mean_abs)
     rec &= verdict.within("variance_vs_recursive_bound", mv - var * bessel, (3 * m + 3 + 2 * (bessel != 1.0)) * U32 * ex2 * bessel)
@@ -402,6 +404,6 @@ def test_large_batch_statistics_float32_accurate(verdict, keras, device, rng):
     rel_v = np.max(np.abs(mv - var * bessel) / (var * bessel))
     verdict.record(elements_per_channel=m, mean_relative_error=float(rel_m), variance_relative_error=float(rel_v),
                    sequential_mean_relative_error=float(np.max(np.abs(seq_mean - mean) / mean)))
-    verdict.conclude(ok, f"{m} elements per channel on {B.name()}: mean off by {rel_m:.2g}, variance by {rel_v:.2g} "
+    verdict.conclude(ok, f"{m} elements per channel on {B.name}: mean off by {rel_m:.2g}, variance by {rel_v:.2g} "
                          f"relative ({_ratio(verdict, 'mean_vs_pairwise_bound'):.2g} x and "
                          f"{_ratio(verdict, 'variance_vs_pairwise_bound'):.2g} x the pairwise bounds)")

@@ -1,7 +1,7 @@
 """Field traps: numerical edge cases (C06, C08, C09, C10, C15, C16, C22, C26, C27, C28).
 
 Single-layer experiments on whichever Keras flavour and backend the process tests (keras.ops, numpy and
-bnspec.backend only; C28 is about tf_keras' fused kernel and skips elsewhere). Every statistic and output
+bnspec.measure.backend only; C28 is about tf_keras' fused kernel and skips elsewhere). Every statistic and output
 is compared with the float64 reference (bnspec.reference) within a float32 bound derived beside it, or
 bitwise (verdict.equal); claims about NaN/inf count non-finite values (verdict.count_nonfinite), and any
 other non-finite measurement is an error of the test.
@@ -12,9 +12,10 @@ import warnings
 import numpy as np
 import pytest
 
-from bnspec import DEVICES, flavours, probes, reference
-from bnspec import backend as B
-from bnspec.plugin import finite
+from bnspec import reference
+from bnspec.measure.backend import to_numpy
+from tests.claims import _kit as probes
+from bnspec.measure.verdict import finite
 from bnspec.reference import U32
 
 
@@ -25,7 +26,7 @@ def _np(keras, value) -> np.ndarray:
     """A float64 numpy copy of a tensor or a variable, 16-bit ones included (torch cannot hand a bfloat16
     tensor to numpy, so Keras 3 values are cast to float32 first: exact for every 16-bit value)."""
     if hasattr(keras, "ops"):  # Keras 3
-        return B.to_numpy(keras.ops.cast(value, "float32")).astype(np.float64)
+        return to_numpy(keras.ops.cast(value, "float32")).astype(np.float64)
     return np.asarray(value.numpy(), np.float64)
 
 
@@ -33,19 +34,9 @@ def _dtype_name(variable) -> str:
     return str(getattr(variable.dtype, "name", variable.dtype))
 
 
-@pytest.fixture(params=DEVICES)
-def device(request, keras):
-    """The device axis for the claims whose reports are about GPU kernels: the body runs under
-    bnspec.backend.device_scope (tf.device, or keras.device on JAX/PyTorch); GPU skipped when absent."""
-    if request.param == "gpu" and not B.gpus():
-        pytest.skip(f"no GPU visible to the {B.name()} backend")
-    with B.device_scope(keras, request.param):
-        yield request.param
-
-
 @pytest.fixture
-def tfkeras_only(flavour):
-    if flavours.FAMILY[flavour] != "tfkeras":
+def tfkeras_only(run):
+    if run.family != "tfkeras":
         pytest.skip("tf_keras' fused kernel: TensorFlow-specific (Keras 3 has no fused kernel and no fused/"
                     "virtual_batch_size arguments; K16 covers its biased moving variance)")
 
@@ -142,7 +133,7 @@ def _spacing16(values, dtype):
 @pytest.mark.claim("C06")
 @pytest.mark.parametrize("stream", ["moderate", "wide"])
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
-def test_16bit_policy_moving_statistics_converge(verdict, keras, rng, dtype, stream):
+def test_16bit_policy_moving_statistics_converge(B, verdict, keras, rng, dtype, stream):
     m = C06_MOMENTUM
     x = _c06_batch(rng, stream)
     layer = keras.layers.BatchNormalization(dtype=dtype, momentum=m)
@@ -453,7 +444,7 @@ C16_STEPS, C16_MOMENTUM, C16_VALUE, C16_DEVIATION = 150, 0.9, 2.0, 0.1
 
 @pytest.mark.claim("C16")
 @pytest.mark.parametrize("layout", list(C16_SHAPES))
-def test_constant_feature_amplified_at_inference(verdict, keras, rng, layout):
+def test_constant_feature_amplified_at_inference(B, verdict, keras, rng, layout):
     dims, m, n = C16_SHAPES[layout], C16_MOMENTUM, C16_STEPS
     layer = probes.make_bn(keras, 4, rng, input_shape=(None,) + dims[1:], momentum=m)
     s = probes.bn_state(layer)
@@ -507,7 +498,7 @@ C22_STEPS, C22_MOMENTUM, C22_STD = 50, 0.9, (0.5, 2.0)
 
 
 @pytest.mark.claim("C22")
-def test_renorm_moving_variance_is_ema_of_variances(verdict, keras, rng):
+def test_renorm_moving_variance_is_ema_of_variances(B, verdict, keras, rng):
     m, units, rows = C22_MOMENTUM, 8, 64
     layer = probes.bn_layer(keras, momentum=m, renorm=True)
     layer.build((None, units))

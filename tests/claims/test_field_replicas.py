@@ -1,7 +1,7 @@
 """BN across two replicas (C04, C07, C11): MirroredStrategy over two logical CPUs, Keras 3 JAX DataParallel
 over two host devices, and empty batches.
 
-The multi-replica experiments run in child processes (bnspec.replicas: `python -m bnspec.replicas tf|jax`
+The multi-replica experiments run in child processes (bnspec.subjects.replicas: `python -m bnspec.subjects.replicas tf|jax`
 with this process' flavour), because the devices must exist before TensorFlow or JAX initialises. The
 children only measure and return numbers; every comparison here is against the float64 reference
 (bnspec.reference) with its float32 bound, or bitwise (verdict.equal), and a non-finite measurement is an
@@ -11,7 +11,7 @@ JAX DataParallel case always runs in a KERAS_BACKEND=jax child (Keras 3 only). C
 here, on whichever backend is under test.
 
 Without pytest-xdist the module starts the children it will need (tf, jax) at once, so that they run
-side by side; each child runs once per process (bnspec.replicas.results is cached).
+side by side; each child runs once per process (bnspec.subjects.replicas.results is cached).
 """
 
 import importlib.util
@@ -20,8 +20,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bnspec import backend as B
-from bnspec import flavours, reference, replicas
+from bnspec import reference
+from bnspec.flavours import FLAVOUR_HINT, distribution_version
+from bnspec.measure.backend import to_numpy
+from bnspec.subjects import replicas
 from bnspec.reference import U32
 
 FEATURES = replicas.FEATURES
@@ -42,17 +44,16 @@ def _group_of(item) -> str | None:
     return "tf"
 
 
-def _runnable(group: str) -> str | None:
-    """Why the group cannot run in this process (a skip reason), or None."""
-    flavour = flavours.current()
-    if flavours.versions(flavour)["keras"] is None:
-        return f"flavour {flavour!r} is not installed: {flavours.FLAVOUR_HINT[flavour]}"
+def _runnable(run, group: str) -> str | None:
+    """Why the group cannot run for `run` (a skip reason), or None."""
+    if distribution_version(run.flavour) is None:
+        return f"flavour {run.flavour!r} is not installed: {FLAVOUR_HINT[run.flavour]}"
     if group == "tf":
-        if flavours.backend() != "tensorflow":
+        if run.backend != "tensorflow":
             return ("tf.distribute.MirroredStrategy: TensorFlow-specific (this run's backend is "
-                    f"{flavours.backend()}; run with KERAS_BACKEND=tensorflow or tf_keras)")
+                    f"{run.backend}; run with KERAS_BACKEND=tensorflow or tf_keras)")
         return None
-    if flavours.FAMILY[flavour] != "keras3":
+    if run.family != "keras3":
         return "keras.distribution.DataParallel is Keras 3 only"
     if importlib.util.find_spec("jax") is None:
         return "JAX DataParallel: jax is not installed in this environment"
@@ -60,7 +61,7 @@ def _runnable(group: str) -> str | None:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _start_children(request):
+def _start_children(run, request):
     """Start every child this module's selected cases need, side by side and before this process imports
     Keras for the direct call (session scope and autouse: set up before the session's `keras` fixture).
     Not under xdist, where each worker runs only some cases and starts a child when a case needs it."""
@@ -69,15 +70,15 @@ def _start_children(request):
     here = Path(__file__).resolve()
     mine = [it for it in request.session.items if Path(str(it.path)).resolve() == here]
     for group in sorted({g for g in map(_group_of, mine) if g}):
-        if _runnable(group) is None:
-            replicas.start(group)
+        if _runnable(run, group) is None:
+            replicas.start(run, group)
 
 
-def _results(group: str) -> dict:
-    reason = _runnable(group)
+def _results(run, group: str) -> dict:
+    reason = _runnable(run, group)
     if reason:
         pytest.skip(reason)
-    return replicas.results(group)
+    return replicas.results(run, group)
 
 
 def _a(x) -> np.ndarray:
@@ -140,11 +141,11 @@ def test_empty_batch_call(verdict, keras, rank):
     except Exception as exc:  # refusing an empty batch would keep the statistics: recorded, then measured
         raised = f"{type(exc).__name__}: {str(exc)[:200]}"
     verdict.record(call_raised=raised or "no")
-    after = np.concatenate([B.to_numpy(bn.moving_mean), B.to_numpy(bn.moving_variance)]).astype(np.float64)
+    after = np.concatenate([to_numpy(bn.moving_mean), to_numpy(bn.moving_variance)]).astype(np.float64)
     bad = verdict.count_nonfinite("moving_nonfinite", after)
     ok = bad == 0 and verdict.equal("moving_unchanged", np.concatenate(start[2:]), after)
     # what the poisoned statistics do next: inference on real data
-    y = B.to_numpy(bn(np.ones((2,) + shape[1:], np.float32), training=False))
+    y = to_numpy(bn(np.ones((2,) + shape[1:], np.float32), training=False))
     verdict.count_nonfinite("inference_nonfinite_after", y)
     verdict.mechanism("nan_moving_statistics", bad == after.size,
                       f"{bad} of {after.size} moving-statistics elements non-finite after the empty call")
@@ -155,10 +156,10 @@ def test_empty_batch_call(verdict, keras, rank):
 # --------------------------------------------------------------------------- C11
 
 
-def _c11_measurement(verdict, mode):
+def _c11_measurement(run, verdict, mode):
     """(x0, x1, outputs (16, F), {name: (mean, var)} of every copy/read of the moving statistics, momentum, eps)."""
     if mode == "jax_dataparallel":
-        d = _results("jax")
+        d = _results(run, "jax")
         c = d["c11"]
         call = c["call"]
         # the sharded call must really be split 8 + 8 over two devices, else this case measures one device
@@ -170,7 +171,7 @@ def _c11_measurement(verdict, mode):
         stats = {"fit_get_weights": (c["fit"]["read_mean"], c["fit"]["read_var"]),
                  "sharded_call_state": (call["moving_mean"], call["moving_var"])}
         return _a(c["x0"]), _a(c["x1"]), _a(call["outputs"]), stats, c["momentum"], c["epsilon"]
-    d = _results("tf")
+    d = _results(run, "tf")
     c = d["c11"]
     r = c[f"sync={mode == 'tf_sync'}"]
     verdict.record(child_seconds=d["child_seconds"], replicas=d["replicas"], variable=r["variable"])
@@ -182,8 +183,8 @@ def _c11_measurement(verdict, mode):
 
 @pytest.mark.claim("C11")
 @pytest.mark.parametrize("mode", ("tf_plain", "tf_sync", "jax_dataparallel"))
-def test_two_replicas_normalise_like_one_device(verdict, mode):
-    x0, x1, y, stats, momentum, eps = _c11_measurement(verdict, mode)
+def test_two_replicas_normalise_like_one_device(verdict, run, mode):
+    x0, x1, y, stats, momentum, eps = _c11_measurement(run, verdict, mode)
     x = np.concatenate([x0, x1])
     one, zero = np.ones(FEATURES), np.zeros(FEATURES)
     # the claim: single-device BN on the global batch of 16 (gamma 1, beta 0 at the step)
@@ -219,8 +220,8 @@ def test_two_replicas_normalise_like_one_device(verdict, mode):
 @pytest.mark.claim("C04")
 @pytest.mark.parametrize("synchronized", (False, True))
 @pytest.mark.parametrize("read", ("saved", "served"))
-def test_replica_training_saves_and_serves_one_average(verdict, read, synchronized):
-    d = _results("tf")
+def test_replica_training_saves_and_serves_one_average(run, verdict, read, synchronized):
+    d = _results(run, "tf")
     c = d["c04"]
     r = c[f"sync={synchronized}"]
     verdict.record(child_seconds=d["child_seconds"], variable=r["variable"])
@@ -317,8 +318,8 @@ def test_replica_training_saves_and_serves_one_average(verdict, read, synchroniz
 
 @pytest.mark.claim("C07")
 @pytest.mark.parametrize("synchronized", (False, True))
-def test_empty_replica_shard(verdict, synchronized):
-    d = _results("tf")
+def test_empty_replica_shard(run, verdict, synchronized):
+    d = _results(run, "tf")
     c = d["c07"]
     r = c[f"sync={synchronized}"]
     x = _a(c["x"])

@@ -6,8 +6,9 @@ could tell the claim from its alternative (`verdict.power`)."""
 import numpy as np
 import pytest
 
-from bnspec import probes, reference
-from bnspec.backend import to_numpy
+from bnspec import reference
+from tests.claims import _kit as probes
+from bnspec.measure.backend import to_numpy
 
 F16_MAX = float(np.finfo(np.float16).max)  # 65504
 

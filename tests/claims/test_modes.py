@@ -7,13 +7,14 @@ more than 2x the bound somewhere, since a float32 implementation of the alternat
 one bound away from its exact value, and must still fall outside the claim's bound.
 
 Backend-neutral (Keras 3 on TensorFlow, JAX and PyTorch; tf_keras): outputs are read through
-bnspec.backend.to_numpy, state through bnspec.probes."""
+bnspec.measure.backend.to_numpy, state through tests.claims._kit."""
 
 import numpy as np
 import pytest
 
-from bnspec import probes, reference
-from bnspec.backend import to_numpy
+from bnspec import reference
+from tests.claims import _kit as probes
+from bnspec.measure.backend import to_numpy
 
 UNITS = 100
 

@@ -1,4 +1,4 @@
-"""The paper's MNIST experiment (§4.1, Figure 1), reproduced by bnspec.paper: 50,000 SGD steps with and
+"""The paper's MNIST experiment (§4.1, Figure 1), reproduced by bnspec.subjects.paper: 50,000 SGD steps with and
 without BN, cached after the first run. Marked slow: `-m "not slow"` skips it.
 
 The claims are orderings between single runs (same seed, same initial weights and batch order for
@@ -6,13 +6,13 @@ both networks), read from the cached results; they are compared through the verd
 that a NaN (a diverged run's percentiles, say) is an error of the test and never an ordering.
 Accuracies are fractions of the 10,000 test images, so the orderings have no rounding tolerance:
 "at least" is <=, "higher" / "less" is strict. A run whose test logits or tracked sigmoid inputs turn
-NaN or infinite (it diverged) raises bnspec.paper.NonFiniteRun: an error, never an accuracy. TensorFlow
+NaN or infinite (it diverged) raises bnspec.subjects.paper.NonFiniteRun: an error, never an accuracy. TensorFlow
 only (the experiment does not go through Keras): skipped on the JAX and PyTorch backends."""
 
 import numpy as np
 import pytest
 
-from bnspec.plugin import finite
+from bnspec.measure.verdict import finite
 
 pytestmark = pytest.mark.slow
 
@@ -20,11 +20,11 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def runs(keras, backend_name):
     if backend_name != "tensorflow":
-        # bnspec.paper writes both networks with TensorFlow ops and runs 1,000 SGD steps per call in one
+        # bnspec.subjects.paper writes both networks with TensorFlow ops and runs 1,000 SGD steps per call in one
         # tf.function (a graph loop): no Keras layer is involved, so KERAS_BACKEND has nothing to change
-        pytest.skip(f"TensorFlow-specific: the paper's experiment (bnspec.paper) is a TensorFlow graph loop "
+        pytest.skip(f"TensorFlow-specific: the paper's experiment (bnspec.subjects.paper) is a TensorFlow graph loop "
                     f"that does not go through Keras; the backend is {backend_name}")
-    from bnspec import paper
+    from bnspec.subjects import paper
 
     # read from the cache only: reports/paper/ is written by `bnspec paper`, never by a test run (a
     # history job under another TensorFlow would otherwise overwrite the committed experiment)
@@ -62,7 +62,7 @@ def test_bn_network_trains_faster(verdict, runs):
     reached = bn >= base[-1]
     reach = int(steps[np.argmax(reached)]) if reached.any() else None
     if reach != s["bn_steps_to_baseline_final"]:  # the summary the report shows must say the same
-        raise AssertionError(f"bnspec.paper.summary says step {s['bn_steps_to_baseline_final']}, the checkpoints {reach}")
+        raise AssertionError(f"bnspec.subjects.paper.summary says step {s['bn_steps_to_baseline_final']}, the checkpoints {reach}")
     verdict.record(bn_steps_to_baseline_final=reach, baseline_steps=total, baseline_final=base[-1])
     # steps are whole numbers: "fewer than half" is reach <= total/2 - 1
     ok = reach is not None and verdict.within("bn_steps_to_baseline_final", reach, total / 2 - 1)

@@ -6,10 +6,13 @@ import re
 import numpy as np
 import pytest
 
-from bnspec import popstats, probes, reference
-from bnspec.backend import function, to_numpy
-from bnspec.model import bn_layers, dense_layers
-from bnspec.plugin import finite
+from bnspec import reference
+from bnspec.measure.backend import to_numpy
+from bnspec.subjects import popstats
+from tests.claims import _kit as probes
+from bnspec.measure.backend import to_numpy
+from bnspec.subjects.model import bn_layers, dense_layers
+from bnspec.measure.verdict import finite
 
 U32, LAMBDA = reference.U32, reference.LAMBDA
 
@@ -111,7 +114,7 @@ def _refusal_counts(message: str) -> tuple[int, int] | None:
 @pytest.mark.claim("L02")
 @pytest.mark.parametrize("freeze", ["before_compile", "after_fit_recompiled", "after_fit_no_recompile"])
 def test_frozen_bn_fine_tuning(verdict, keras, trained, mnist, freeze):
-    from bnspec.model import compile_model
+    from bnspec.subjects.model import compile_model
 
     model = trained.fresh()
     trainable_at_compile = len(model.trainable_weights)
@@ -278,11 +281,11 @@ Z_GROWS = 2.0
 
 
 @pytest.mark.claim("L04")
-def test_train_inference_gap_grows_as_batch_shrinks(verdict, trained, mnist):
+def test_train_inference_gap_grows_as_batch_shrinks(B, verdict, trained, mnist):
     model = trained.fresh()
     x, y = mnist.x_test[:2400], mnist.y_test[:2400]
     inference = finite("inference loss", reference.softmax_cross_entropy(to_numpy(model(x, training=False)), y))
-    step = function(lambda b: model(b, training=True))
+    step = B.function(lambda b: model(b, training=True))
     gaps, per_example = {}, {}
     for size in (600, 60, 8, 2):
         logits = np.concatenate([to_numpy(step(x[i : i + size])) for i in range(0, len(x), size)])

@@ -8,10 +8,11 @@ argument on both sides (both read back the default) would still compare equal.""
 import numpy as np
 import pytest
 
-from bnspec import probes, reference
-from bnspec.backend import to_numpy
-from bnspec.model import ModelSpec, bn_layers, build, compile_model
-from bnspec.plugin import finite
+from bnspec import reference
+from tests.claims import _kit as probes
+from bnspec.measure.backend import to_numpy
+from bnspec.subjects.model import ModelSpec, bn_layers, build, compile_model
+from bnspec.measure.verdict import finite
 
 
 @pytest.mark.claim("K13")

@@ -5,16 +5,17 @@ the float64 reference of that mode within its float32 bound, after checking that
 reference lies further away than the bounds (the test's power).
 
 Backend-neutral (Keras 3 on TensorFlow, JAX and PyTorch; tf_keras): outputs and variables are read
-through bnspec.backend.to_numpy."""
+through bnspec.measure.backend.to_numpy."""
 
 import re
 
 import numpy as np
 import pytest
 
-from bnspec import probes, reference
-from bnspec.backend import to_numpy
-from bnspec.model import KINDS, ModelSpec, bn_layers, build, compile_model
+from bnspec import reference
+from tests.claims import _kit as probes
+from bnspec.measure.backend import to_numpy
+from bnspec.subjects.model import KINDS, ModelSpec, bn_layers, build, compile_model
 
 
 @pytest.mark.claim("K04")

@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 
-from bnspec import probes, reference
-from bnspec.backend import to_numpy
-from bnspec.plugin import NoPower, finite
+from bnspec import reference
+from tests.claims import _kit as probes
+from bnspec.measure.backend import to_numpy
+from bnspec.measure.verdict import NoPower, finite
 
 # M04's threshold 0.96 (the claim's number), and why it is a fair one.
 #   The notebook reports 0.9711 on the n = 10,000 test images. Two runs of the same procedure differ
@@ -34,7 +35,7 @@ def _accuracy(logits, onehot) -> float:
 
 @pytest.mark.claim("M04")
 def test_test_accuracy_after_ten_epochs(verdict, keras, trained, mnist):
-    from bnspec.model import ModelSpec, build
+    from bnspec.subjects.model import ModelSpec, build
 
     # measured here from the model's predictions, not read from the cache's metrics
     acc = _accuracy(trained.model.predict(mnist.x_test, batch_size=600, verbose=0), mnist.y_test)

@@ -2,14 +2,14 @@
 
 Value comparisons are bitwise and finite (verdict.equal): a NaN is an error, never evidence.
 Backend-neutral (Keras 3 on TensorFlow, JAX and PyTorch; tf_keras): values are read through
-bnspec.backend.to_numpy, except the `.numpy()` snapshot N01 is about."""
+bnspec.measure.backend.to_numpy, except the `.numpy()` snapshot N01 is about."""
 
 import numpy as np
 import pytest
 
-from bnspec import probes
-from bnspec.backend import to_numpy
-from bnspec.plugin import finite
+from tests.claims import _kit as probes
+from bnspec.measure.backend import to_numpy
+from bnspec.measure.verdict import finite
 
 
 @pytest.mark.claim("N01")

@@ -18,9 +18,10 @@ from tests.helpers import ROOT  # re-exported to the robustness modules
 # A child that asks the training cache for a small model and prints what it got.
 TRAIN_CHILD = """
 import hashlib, json, sys
-from bnspec import training
-from bnspec.model import ModelSpec
-t = training.trained(ModelSpec(), training.TrainSpec(epochs=1, steps_per_epoch={steps}))
+from bnspec.run import Run
+from bnspec.subjects import training
+from bnspec.subjects.model import ModelSpec
+t = training.trained(Run.from_env(), ModelSpec(), training.TrainSpec(epochs=1, steps_per_epoch={steps}))
 digest = hashlib.sha256(b"".join(w.tobytes() for w in t.model.get_weights())).hexdigest()
 print("RESULT " + json.dumps({{"created": t.created, "digest": digest, "path": str(t.path)}}), flush=True)
 """
@@ -29,7 +30,7 @@ print("RESULT " + json.dumps({{"created": t.created, "digest": digest, "path": s
 @pytest.fixture
 def iso_home(tmp_path):
     """A fresh BNSPEC_HOME holding a verified MNIST (copied from this machine's cache)."""
-    from bnspec import data
+    from bnspec.subjects import data
 
     data.load_mnist(progress=lambda m: None)  # make sure the source cache exists
     home = tmp_path / "home"

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from bnspec import cache
+from bnspec.subjects import cache
 
 from .conftest import ROOT, TRAIN_CHILD, child_env, result_of, spawn
 
@@ -25,7 +25,7 @@ def test_n_processes_train_once_and_get_identical_models(iso_home, n):
 _SLOW_CREATE = """
 import json, sys, time
 from pathlib import Path
-from bnspec import cache
+from bnspec.subjects import cache
 store = cache.Store(Path(sys.argv[1]))
 def create(tmp):
     start = time.time(); time.sleep(2.0); (tmp / "v").write_text("x")
@@ -46,7 +46,7 @@ def test_different_configs_do_not_block_each_other(tmp_path):
 _FAKE_FETCH = """
 import json, sys, time
 from pathlib import Path
-from bnspec import data
+from bnspec.subjects import data
 real = data.read_npz(Path(sys.argv[1]))
 def fetch(progress):
     with open(sys.argv[2], "a") as fh:

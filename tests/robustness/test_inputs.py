@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bnspec import cache, data
+from bnspec.subjects import cache, data
 from tests.helpers import run_bnspec
 
 from .conftest import TRAIN_CHILD, child_env, result_of, spawn

@@ -9,7 +9,7 @@ import time
 import pytest
 from filelock import FileLock
 
-from bnspec import cache
+from bnspec.subjects import cache
 
 from .conftest import ROOT, TRAIN_CHILD, child_env, result_of, spawn
 
@@ -84,7 +84,7 @@ def test_a_live_lock_holder_gives_a_clear_timeout(tmp_path):
 _SLOW_FETCH = """
 import sys, time
 from pathlib import Path
-from bnspec import data
+from bnspec.subjects import data
 real = data.read_npz(Path(sys.argv[1]))
 def fetch(progress):
     print("fetching", flush=True)
@@ -96,7 +96,7 @@ data.load_mnist(progress=lambda m: None)
 
 
 def test_data_fetch_killed_midway_is_recovered(iso_home, tmp_path):
-    from bnspec import data
+    from bnspec.subjects import data
 
     source = tmp_path / "source.npz"
     (iso_home / "data" / "mnist.npz").rename(source)
@@ -107,7 +107,7 @@ def test_data_fetch_killed_midway_is_recovered(iso_home, tmp_path):
     victim.wait(timeout=30)
     assert not (iso_home / "data" / "mnist.npz").exists()
     env = child_env(iso_home)
-    code = ("import sys; from pathlib import Path; from bnspec import data; real = data.read_npz(Path(sys.argv[1]));"
+    code = ("import sys; from pathlib import Path; from bnspec.subjects import data; real = data.read_npz(Path(sys.argv[1]));"
             "data.SOURCES = (data.Source('fake', lambda p: real),); data.load_mnist(progress=lambda m: None);"
             "print('RESULT {}')")
     done = subprocess.run([sys.executable, "-c", code, str(source)], env=env, cwd=ROOT, capture_output=True,

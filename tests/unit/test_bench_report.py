@@ -3,6 +3,8 @@ of each backend, and the targets, from hand-written pytest-benchmark JSON."""
 
 import json
 
+import pytest
+
 from bnspec.report import bench
 
 BIG = bench.BIG
@@ -120,3 +122,143 @@ def test_torch_compile_missing_is_said():
     text = "\n".join(bench.render(doc))
     assert "torch_compile is not in the newest PyTorch save" in text
     assert "= Keras" in text  # the fastest on torch is Keras' layer itself
+
+
+# --------------------------------------------------------------------------- GPU runs
+
+BIG_GPU = "nhwc_512x56x56x256"
+E_BIG, E_TINY, E_MID = 512 * 56 * 56 * 256, 60 * 100, 88 * 56 * 56 * 64  # elements
+
+
+def _g(shape, mode, impl, per_call, elements, backend, calls=1, factor=None, **extra):
+    """A GPU benchmark: a round of `calls` calls, per_call seconds each."""
+    factor = factor or {"copy": 2, "inference": 2, "training": 3, "training_backward": 4}[mode]
+    info = {"shape": shape, "mode": mode, "impl": impl, "bytes": factor * 4 * elements, "elements": elements,
+            "device": "gpu", "backend": backend, **({"calls": calls} if calls > 1 else {}), **extra}
+    return {"stats": {"median": per_call * calls, "rounds": 50}, "extra_info": info}
+
+
+def _gpu_run(root, name, when, benchmarks, meta=None):
+    d = root / "gpu" / name
+    d.mkdir(parents=True)
+    for backend in ("jax", "torch"):
+        mine = [b for b in benchmarks if b["extra_info"]["backend"] == backend]
+        if mine:
+            (d / f"bench-{backend}.json").write_text(json.dumps({
+                "datetime": when, "machine_info": {"cpu": {"count": 16}, "python_version": "3.12.3"},
+                "commit_info": {"id": "1ce5ff60abcdef", "dirty": False}, "benchmarks": mine}))
+    if meta is not None:
+        (d / bench.RUN_FILE).write_text(json.dumps(meta))
+
+
+def _cpu_history(root):
+    _save(root / "history", 1, "2026-01-01T10:00:00", [
+        _b(BIG, "copy", "copy_tf", 0.010, 2 * N),
+        _b(BIG, "inference", "keras_function", 0.040, 2 * N),
+    ])
+
+
+def test_gpu_time_per_call_is_the_rounds_median_over_its_calls():
+    doc = {"benchmarks": [_g(BIG_GPU, "copy", "copy_torch", 0.8e-3, E_BIG, "torch", calls=3)]}
+    (r,) = bench.rows(doc)
+    assert r["median_s"] == pytest.approx(0.8e-3)
+    assert r["gbps"] == pytest.approx(2 * 4 * E_BIG / 0.8e-3 / 1e9)
+
+
+def test_launch_bound_compares_the_bytes_at_copy_speed_with_the_fixed_cost_of_a_call():
+    floor = 5e-6  # s per call
+    assert bench.launch_bound(48_000, floor, 4000.0) is True              # 12 ns of memory traffic
+    assert bench.launch_bound(3.288e9, floor, 4000.0) is False            # 822 us
+    assert bench.launch_bound(141e6, floor, 4000.0) is True               # 35 us < 10 x 5 us
+    assert bench.launch_bound(141e6, 1e-6, 4000.0) is False
+    assert bench.launch_bound(141e6, None, 4000.0) is None
+
+
+def test_without_gpu_files_the_section_says_no_gpu_run_of_the_new_shapes_exists(tmp_path):
+    _cpu_history(tmp_path)
+    doc, _ = bench.current(tmp_path / "history")
+    assert doc["gpu"] == []
+    text = "\n".join(bench.render(doc))
+    assert "## GPU: BN throughput against the device's own copy bandwidth" in text
+    assert "**No GPU run of the new shapes exists yet**" in text
+    assert "There are no GPU benchmark files under `reports/benchmarks/gpu/`." in text
+
+
+def test_an_old_shapes_gpu_run_is_shown_for_what_it_is(tmp_path):
+    _cpu_history(tmp_path)
+    _gpu_run(tmp_path, "2026-12-04-h200", "2026-12-04T16:48:13", [
+        _g("paper_60x100", "copy", "copy_numpy", 0.8e-6, E_TINY, "torch"),     # host memory: never the reference
+        _g("paper_60x100", "copy", "copy_torch", 11.5e-6, E_TINY, "torch"),    # the fixed cost of a call
+        _g(BIG, "copy", "copy_numpy", 1e-6, E_MID, "torch"),                   # absurdly fast host copy: excluded
+        _g(BIG, "copy", "copy_torch", 45e-6, E_MID, "torch"),                  # 3,140 GB/s
+        _g(BIG, "inference", "torch_keras_eager", 300e-6, E_MID, "torch"),
+        _g(BIG, "inference", "torch_functional", 75e-6, E_MID, "torch"),       # 4.00x faster than Keras
+    ], meta={"gpu": "1 x NVIDIA H200", "torch": "2.11.0+cu130", "commit": "1ce5ff60ab", "note": "The first GPU run."})
+    doc, _ = bench.current(tmp_path / "history")
+    text = "\n".join(bench.render(doc))
+    assert "**No GPU run of the new shapes exists yet**" in text
+    assert "What exists is shown below for what it is" in text
+    assert "### gpu/2026-12-04-h200: 1 x NVIDIA H200 (old shapes)" in text
+    assert "The first GPU run." in text and "code 1ce5ff60ab" in text and "torch 2.11.0+cu130" in text
+    assert "its largest BN tensor is 70.6 MB" in text
+    assert "one call and one synchronisation timed on the host clock" in text
+    assert "Fixed cost of a call 11.5 µs; device copy bandwidth 3,140 GB/s on nhwc_88x56x56x64." in text
+    cells = _cells(text[text.index("## GPU"):])
+    assert cells[0] == ["tensor", "mode", "bound", "copy GB/s", "torch: Keras µs", "torch: native µs",
+                        "torch: Keras ÷ native"]
+    # 141 MB at 3,140 GB/s is 45 us, under 10 x 11.5 us: launch-bound
+    assert [f"{BIG} (70.6 MB)", "inference", "launch", "3,140", "300.0 (471 GB/s, 15%)",
+            "75.0 (1,884 GB/s, 60%)", "4.00x"] in cells
+
+
+def test_a_gpu_run_of_the_new_shapes_comes_first_with_launch_and_memory_bound_rows(tmp_path):
+    _cpu_history(tmp_path)
+    _gpu_run(tmp_path, "2026-12-04-h200", "2026-12-04T16:48:13", [
+        _g(BIG, "copy", "copy_torch", 45e-6, E_MID, "torch"),
+        _g(BIG, "inference", "torch_functional", 75e-6, E_MID, "torch"),
+    ])
+    _gpu_run(tmp_path, "2027-01-10-h200", "2027-01-10T09:00:00", [
+        _g("paper_60x100", "copy", "copy_torch", 5e-6, E_TINY, "torch", calls=64),
+        _g("paper_60x100", "copy", "copy_jax", 8e-6, E_TINY, "jax", calls=64),
+        _g(BIG_GPU, "copy", "copy_numpy", 1e-5, E_BIG, "torch"),
+        _g(BIG_GPU, "copy", "copy_torch", 0.822e-3, E_BIG, "torch", calls=3, gpu="NVIDIA H200"),  # 4,000 GB/s
+        _g(BIG_GPU, "copy", "copy_jax", 0.9e-3, E_BIG, "jax", calls=3),
+        _g(BIG_GPU, "inference", "torch_keras_eager", 2.5e-3, E_BIG, "torch"),                      # 1,315 GB/s
+        _g(BIG_GPU, "inference", "torch_functional", 1.0e-3, E_BIG, "torch", calls=2, device_median_s=0.98e-3),
+        _g(BIG_GPU, "inference", "jax_keras_jit", 1.25e-3, E_BIG, "jax", calls=2),
+        _g(BIG_GPU, "inference", "jax_jit", 1.0e-3, E_BIG, "jax", calls=2, first_call_s=0.31),
+        _g("paper_60x100", "inference", "torch_functional", 10e-6, E_TINY, "torch", calls=64),
+        _g("paper_60x100", "inference", "torch_keras_eager", 250e-6, E_TINY, "torch", calls=10),
+    ], meta={"gpu": "1 x NVIDIA H200", "jax": "0.11.2", "torch": "2.11.0+cu130", "cuda": "13.0", "driver": "580.95"})
+    doc, _ = bench.current(tmp_path / "history")
+    assert [r["name"] for r in doc["gpu"]] == ["gpu/2027-01-10-h200", "gpu/2026-12-04-h200"]
+    text = "\n".join(bench.render(doc))
+    assert "No GPU run of the new shapes exists yet" not in text
+    first, second = text.index("### gpu/2027-01-10-h200: 1 x NVIDIA H200\n"), text.index("### gpu/2026-12-04-h200")
+    assert first < second
+    assert "CUDA 13.0, driver 580.95" in text
+    assert "Fixed cost of a call 5.0 µs; device copy bandwidth 4,000 GB/s on nhwc_512x56x56x256." in text
+    cells = _cells(text[text.index("## GPU"):])
+    assert cells[0] == ["tensor", "mode", "bound", "copy GB/s", "jax: Keras µs", "jax: native µs", "jax: Keras ÷ native",
+                        "torch: Keras µs", "torch: native µs", "torch: Keras ÷ native"]
+    # 3.29 GB at 4,000 GB/s: 822 us, far over 10 x 5 us: memory-bound; the host's copy_numpy is not the reference
+    assert [f"{BIG_GPU} (1.64 GB)", "inference", "memory", "4,000", "1,250.0 (2,631 GB/s, 66%)",
+            "1,000.0 (3,288 GB/s, 82%)", "1.25x", "2,500.0 (1,315 GB/s, 33%)", "1,000.0 (3,288 GB/s, 82%)",
+            "2.50x"] in cells
+    # 48 KB: launch-bound; the tiny copy's 9.6 GB/s is a launch rate, not a bandwidth
+    assert ["paper_60x100 (24 KB)", "inference", "launch", "10", "-", "-", "-", "250.0 (0.19 GB/s, 2%)",
+            "10.0 (4.8 GB/s, 50%)", "25.00x"] in cells
+    # every implementation: calls per round, per-call time, CUDA-event time, first call
+    assert ["inference", "torch", "torch_functional", "2", "50", "1,000.0", "3,288.3", "82%", "2.50x", "980.0",
+            "-"] in cells
+    assert ["inference", "jax", "jax_jit", "2", "50", "1,000.0", "3,288.3", "82%", "1.25x", "-", "0.31"] in cells
+
+
+def test_a_gpu_save_in_the_history_never_replaces_the_cpu_save_of_its_backend(tmp_path):
+    history = tmp_path / "history"
+    _save(history, 1, "2026-01-01T10:00:00", [_b(BIG, "inference", "jax_jit", 0.025, 2 * N, "jax")])
+    _save(history, 2, "2026-01-02T10:00:00", [_g(BIG_GPU, "inference", "jax_jit", 1e-3, E_BIG, "jax")])
+    doc, previous = bench.current(history)
+    assert doc["saves"]["jax"]["file"].startswith("0001_") and previous is None
+    assert [r["name"] for r in doc["gpu"]] == ["history/Linux-CPython-3.11-64bit/0002_abcdef0123456789_x.json"]
+    assert all(r["device"] == "cpu" for r in bench.rows(doc))

@@ -1,4 +1,4 @@
-"""bnspec.cache: keying, atomic creation, corrupt entries, and one creator among many processes."""
+"""bnspec.subjects.cache: keying, atomic creation, corrupt entries, and one creator among many processes."""
 
 import json
 import multiprocessing as mp
@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from bnspec import cache
+from bnspec.subjects import cache
 
 
 def _create(tmp, value="v", delay=0.0):

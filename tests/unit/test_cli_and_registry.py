@@ -4,7 +4,8 @@ import ast
 
 import pytest
 
-from bnspec import claims, flavours
+from bnspec import BnspecError, claims, flavours, run
+from bnspec.run import Environment, Run
 from tests.helpers import ROOT, run_bnspec
 
 def test_usage_errors_exit_2_and_runtime_errors_exit_1(tmp_path):
@@ -15,10 +16,56 @@ def test_usage_errors_exit_2_and_runtime_errors_exit_1(tmp_path):
     assert missing.stderr.count("\n") == 1 and "run the tests first" in missing.stderr
 
 
-def test_unknown_flavour_is_one_clear_error(monkeypatch):
-    monkeypatch.setenv("BNSPEC_FLAVOUR", "keras9")
-    with pytest.raises(Exception, match="unknown flavour 'keras9'"):
-        flavours.current()
+def test_unknown_flavour_or_backend_is_one_clear_error():
+    with pytest.raises(BnspecError, match="unknown flavour 'keras9' in BNSPEC_FLAVOUR"):
+        Run.from_env({"BNSPEC_FLAVOUR": "keras9"})
+    with pytest.raises(BnspecError, match="unknown backend 'mxnet' in KERAS_BACKEND"):
+        Run.from_env({"BNSPEC_FLAVOUR": "keras3", "KERAS_BACKEND": "mxnet"})
+    with pytest.raises(BnspecError, match="tfkeras runs on TensorFlow only"):
+        Run("tfkeras", "jax")
+
+
+def test_the_run_key_is_spelled_once():
+    assert [Run("keras3").key, Run("keras3", "jax").key, Run("keras3", "torch", device="gpu").key,
+            Run("keras3", device="cpu").key, Run("tfkeras").key, Run("keras3", mutant="beta-ignored").key] == \
+        ["keras3", "keras3-jax", "keras3-torch-gpu", "keras3", "tfkeras", "keras3+mutant-beta-ignored"]
+    assert run.key_of("keras-nightly", "jax", "gpu") == Run("keras-nightly", "jax", "gpu").key
+
+
+def test_a_child_gets_the_run_and_nothing_it_does_not_apply():
+    parent = {"BNSPEC_FLAVOUR": "tfkeras", "TF_USE_LEGACY_KERAS": "1", "BNSPEC_MUTANT": "x", "KERAS_BACKEND": "torch",
+              "OTHER": "kept"}
+    env = Run("keras3", "jax").child_env(parent)
+    assert env["BNSPEC_FLAVOUR"] == "keras3" and env["KERAS_BACKEND"] == "jax" and env["OTHER"] == "kept"
+    assert "TF_USE_LEGACY_KERAS" not in env and "BNSPEC_MUTANT" not in env
+    assert Run.from_env(env) == Run("keras3", "jax")  # what the child reads back is the run
+    tf = Run("tfkeras").child_env({})
+    assert tf["TF_USE_LEGACY_KERAS"] == "1" and Run.from_env(tf) == Run("tfkeras")
+    m = Run("keras3", mutant="beta-ignored")
+    assert m.child_env({})["BNSPEC_MUTANT"] == "beta-ignored" and m.pytest_args() == ["--bnspec-mutant=beta-ignored"]
+    assert Run("keras3", device="gpu").pytest_args() == ["--bnspec-device=gpu"]
+
+
+def test_the_default_backend_is_keras_json_else_tensorflow(tmp_path):
+    (tmp_path / "keras.json").write_text('{"backend": "jax"}')
+    assert Run.from_env({"BNSPEC_FLAVOUR": "keras3", "KERAS_HOME": str(tmp_path)}).backend == "jax"
+    assert Run.from_env({"BNSPEC_FLAVOUR": "keras3", "KERAS_HOME": str(tmp_path / "none")}).backend == "tensorflow"
+    assert Run.from_env({"TF_USE_LEGACY_KERAS": "1", "KERAS_BACKEND": "jax"}) == Run("tfkeras")
+
+
+def test_flavour_option_conflicts_with_the_environment():
+    assert Run.flavour_conflict("tfkeras", {"BNSPEC_FLAVOUR": "keras3"})
+    assert Run.flavour_conflict("keras3", {"TF_USE_LEGACY_KERAS": "1"})
+    assert Run.flavour_conflict("keras3", {"BNSPEC_FLAVOUR": "keras3"}) is None
+
+
+def test_environments_compare_by_libraries_python_and_gpu():
+    a = Environment(keras="3.15.1", backend="jax", jax="0.10.2", python="3.11.7", cpu="x")
+    assert a.identity() == Environment(keras="3.15.1", backend="jax", jax="0.10.2", python="3.11.9", cpu="y").identity()
+    for other in (dict(keras="3.14.1"), dict(jax="0.11.2"), dict(python="3.12.3"), dict(gpu="1 x NVIDIA H200")):
+        assert Environment(**{**a.__dict__, **other}).identity() != a.identity(), other
+    assert Environment.from_dict(a.as_dict()) == a
+    assert a.label() == "Keras 3.15.1, jax 0.10.2, Python 3.11.7, CPU"
 
 
 def _claim_marks() -> dict[str, set[str]]:
@@ -89,7 +136,7 @@ def test_keras_nightly_is_detected_when_it_replaces_keras(monkeypatch):
     monkeypatch.delenv("BNSPEC_FLAVOUR", raising=False)
     monkeypatch.delenv("TF_USE_LEGACY_KERAS", raising=False)
     installed = {"keras-nightly": "3.16.0.dev1"}
-    monkeypatch.setattr(flavours, "_distribution_version", lambda f: installed.get(flavours.DISTRIBUTION[f][0]))
-    assert flavours.current() == "keras-nightly"
+    monkeypatch.setattr(run, "distribution_version", lambda f: installed.get(flavours.DISTRIBUTION[f][0]))
+    assert Run.from_env({}).flavour == "keras-nightly"
     installed["keras"] = "3.15.1"
-    assert flavours.current() == "keras3"
+    assert Run.from_env({}).flavour == "keras3"

@@ -1,4 +1,4 @@
-"""bnspec.data: verification, the allow-list unpickler, the readers, and user-supplied files."""
+"""bnspec.subjects.data: verification, the allow-list unpickler, the readers, and user-supplied files."""
 
 import gzip
 import os
@@ -7,7 +7,7 @@ import pickle
 import numpy as np
 import pytest
 
-from bnspec import data
+from bnspec.subjects import data
 
 
 def _fake_arrays():

@@ -1,4 +1,4 @@
-"""The release history: bnspec.history's catalogue and job selection, the timeline's statuses and
+"""The release history: bnspec.harness.history's catalogue and job selection, the timeline's statuses and
 flips on small hand-written histories (bnspec.report.timeline), and `range_problems`, the check that
 a claim's `versions=` range starts and ends where the measured verdict changes. No TensorFlow.
 
@@ -9,10 +9,12 @@ import json
 
 import pytest
 
-from bnspec import BnspecError, claims, history, results
+from bnspec import BnspecError, claims, results
+from bnspec import releases
+from bnspec.harness import history
 from bnspec.claims import HOLDS, REFUTED, Claim, Expect
 from bnspec.report import timeline
-from bnspec.report import verdicts as v
+from bnspec.measure import status as v
 
 
 def _doc(flavour, release, cases, fingerprint="f00d"):
@@ -31,8 +33,10 @@ def _doc(flavour, release, cases, fingerprint="f00d"):
     run = {"finished": "2026-11-26T00:00:00", "seconds": 1.0, "environment": {"keras": release, "tensorflow": "2.21.0"},
            "code": {"fingerprint": fingerprint, "commit": "c0ffee", "dirty": False}, "selection": {"args": [], "partial": False}}
     doc = {"schema": results.SCHEMA, "flavour": flavour, "backend": "tensorflow", "runs": {"r1": run}, "tests": tests,
-           "release": release, "job": f"{flavour}-{release}"}
-    return results.validate(doc, "synthetic")
+           "release": release}
+    out = results.Results.from_dict(doc, "synthetic")
+    out.job = f"{flavour}-{release}"
+    return out
 
 
 NA = "skip:" + results.NOT_APPLICABLE + "no such argument"
@@ -54,7 +58,7 @@ def z_claim(monkeypatch):
 
 
 def test_catalogue_covers_the_issue_s_releases():
-    jobs = history.catalogue()
+    jobs = releases.catalogue()
     k3 = [j for j in jobs if j.flavour == "keras3"]
     assert [j.release.split(".")[:2] for j in k3] == [["3", str(m)] for m in range(16)]  # 3.0 ... 3.15
     assert [j.release[:4] for j in jobs if j.flavour == "tfkeras"] == [f"2.{m}" for m in range(15, 22)]
@@ -63,12 +67,12 @@ def test_catalogue_covers_the_issue_s_releases():
         if j.flavour == "tfkeras":
             assert j.tensorflow.split(".")[:2] == j.release.split(".")[:2]
         else:
-            assert j.tensorflow == history.KERAS3_TENSORFLOW
+            assert j.tensorflow == releases.KERAS3_TENSORFLOW
 
 
 def test_ends_are_the_oldest_and_newest_of_each_family():
     ids = [j.id for j in history.select([], only_ends=True)]
-    assert ids == ["keras3-3.0.5", f"keras-nightly-{history.NIGHTLY}", "tfkeras-2.15.1", "tfkeras-2.21.0"]
+    assert ids == ["keras3-3.0.5", f"keras-nightly-{releases.NIGHTLY}", "tfkeras-2.15.1", "tfkeras-2.21.0"]
 
 
 def test_unknown_release_is_one_clear_error():
@@ -88,7 +92,7 @@ def test_fresh_needs_a_complete_run_of_this_code(tmp_path):
     job = history.Job("keras3", "3.1.1")
     path = history.out_path(tmp_path, job)
     assert not history.fresh(tmp_path, job, "f00d")  # nothing yet
-    doc = _doc("keras3", "3.1.1", [("a", HOLDS)])
+    doc = _doc("keras3", "3.1.1", [("a", HOLDS)]).to_dict()
     path.write_text(json.dumps(doc))
     assert history.fresh(tmp_path, job, "f00d")
     assert not history.fresh(tmp_path, job, "beef")  # other measuring code: rerun
@@ -103,20 +107,21 @@ def test_fresh_needs_a_complete_run_of_this_code(tmp_path):
 
 
 def test_observed_statuses(z_claim):
-    assert timeline.observed(_doc("keras3", "3.0.5", [("a", HOLDS), ("b", HOLDS)]))["Z01"]["status"] == v.HOLDS
-    assert timeline.observed(_doc("keras3", "3.0.5", [("a", HOLDS), ("b", REFUTED)]))["Z01"]["status"] == v.MIXED
-    assert timeline.observed(_doc("keras3", "3.0.5", [("a", NA), ("b", NA)]))["Z01"]["status"] == timeline.NA
+    assert timeline.observed(_doc("keras3", "3.0.5", [("a", HOLDS), ("b", HOLDS)]))["Z01"].status == v.HOLDS
+    assert timeline.observed(_doc("keras3", "3.0.5", [("a", HOLDS), ("b", REFUTED)]))["Z01"].status == v.MIXED
+    assert timeline.observed(_doc("keras3", "3.0.5", [("a", NA), ("b", NA)]))["Z01"].status == timeline.NA
     # one case not applicable, the other skipped for another reason: unmeasured, not n/a
-    assert timeline.observed(_doc("keras3", "3.0.5", [("a", NA), ("b", "skip:no GPU")]))["Z01"]["status"] == v.UNMEASURED
-    assert timeline.observed(_doc("keras3", "3.0.5", [("a", "error")]))["Z01"]["status"] == v.ERROR
-    broken = {**_doc("keras3", "3.0.5", []), "install_error": "pip failed", "runs": {}}
-    assert timeline.observed(broken)["Z01"]["status"] == timeline.NOT_INSTALLABLE
+    assert timeline.observed(_doc("keras3", "3.0.5", [("a", NA), ("b", "skip:no GPU")]))["Z01"].status == v.UNMEASURED
+    assert timeline.observed(_doc("keras3", "3.0.5", [("a", "error")]))["Z01"].status == v.ERROR
+    broken = _doc("keras3", "3.0.5", [])
+    broken.install_error, broken.runs = "pip failed", {}
+    assert timeline.observed(broken)["Z01"].status == timeline.NOT_INSTALLABLE
 
 
 def test_unexpected_is_against_the_release_s_own_expectation(z_claim):
     # refuted on 3.1 is expected (<3.2); refuted on 3.3 is not
-    assert not timeline.observed(_doc("keras3", "3.1.1", [("a", REFUTED)]))["Z01"]["unexpected"]
-    assert timeline.observed(_doc("keras3", "3.3.3", [("a", REFUTED)]))["Z01"]["unexpected"]
+    assert not timeline.observed(_doc("keras3", "3.1.1", [("a", REFUTED)]))["Z01"].unexpected
+    assert timeline.observed(_doc("keras3", "3.3.3", [("a", REFUTED)]))["Z01"].unexpected
 
 
 def test_flips_skip_unmeasured_releases_and_see_case_level_changes(z_claim):
@@ -125,7 +130,7 @@ def test_flips_skip_unmeasured_releases_and_see_case_level_changes(z_claim):
             _doc("keras3", "3.2.1", [("a", HOLDS), ("b", REFUTED)]),  # still mixed, but each case flipped
             _doc("keras3", "3.3.3", [("a", HOLDS), ("b", REFUTED)])]
     row = [(d, timeline.observed(d)["Z01"]) for d in docs]
-    assert [d["release"] for d, _ in timeline.flips(row)] == ["3.2.1"]
+    assert [d.release for d, _ in timeline.flips(row)] == ["3.2.1"]
 
 
 def test_section_names_the_flip_and_its_change(z_claim):
@@ -186,14 +191,14 @@ def test_a_refutation_is_checked_against_the_current_rule_s_mechanism(z_claim):
     # measured when no rule expected a refutation (no mechanism_failed flag); the rule written since
     # names mechanism "m": the recorded mechanisms decide, not the run's flag
     d = _doc("keras3", "3.0.5", [("a", REFUTED)])
-    t = d["tests"][0]
-    t["mechanisms"] = {"m": {"confirmed": False, "detail": "not seen"}, "other": {"confirmed": True}}
+    t = d.cases[0]
+    t.mechanisms = {"m": {"confirmed": False, "detail": "not seen"}, "other": {"confirmed": True}}
     assert v.case_status(t, d) == v.UNEXPECTED
-    t["mechanisms"]["m"]["confirmed"] = True
+    t.mechanisms["m"]["confirmed"] = True
     assert v.case_status(t, d) == REFUTED
-    del t["mechanisms"]  # results from before mechanisms were stored: the run's own flag
+    t.mechanisms = None  # results from before mechanisms were stored: the run's own flag
     assert v.case_status(t, d) == REFUTED
-    t["mechanism_failed"] = True
+    t.mechanism_failed = True
     assert v.case_status(t, d) == v.UNEXPECTED
 
 
@@ -222,7 +227,7 @@ def test_a_release_that_does_not_install_is_one_line_and_a_document(tmp_path, mo
     doc = json.loads((out / "tfkeras-2.16.0.json").read_text())
     assert doc["install_error"].startswith("pip install tensorflow==9.9") and doc["tests"] == []
     assert history.fresh(out, history.Job("tfkeras", "2.16.0"), "any")  # not retried without --force
-    assert timeline.observed({**doc, "job": "tfkeras-2.16.0"})[claims.CLAIMS[0].id]["status"] == timeline.NOT_INSTALLABLE
+    assert timeline.observed(results.Results.from_dict(doc))[claims.CLAIMS[0].id].status == timeline.NOT_INSTALLABLE
     assert paths.home() == tmp_path / "home"
 
 
@@ -287,20 +292,20 @@ def test_a_change_of_mechanism_is_a_flip_and_a_range_boundary(monkeypatch):
 
     def doc(release, mech):
         d = _doc("keras3", release, [("a", REFUTED)])
-        for t in d["tests"]:
-            t["claim"], t["mechanisms"] = "Z03", {mech: {"confirmed": True}}
+        for t in d.cases:
+            t.claim, t.mechanisms = "Z03", {mech: {"confirmed": True}}
         return d
 
     docs = [doc("3.0.5", "old"), doc("3.1.1", "old"), doc("3.2.1", "new")]
     row = [(d, timeline.observed(d)["Z03"]) for d in docs]
-    assert [d["release"] for d, _ in timeline.flips(row)] == ["3.2.1"]
+    assert [d.release for d, _ in timeline.flips(row)] == ["3.2.1"]
     text = "\n".join(timeline.section(docs, "f00d"))
     assert "| [Z03](#z03) | ✗ | ✗ | ✗ | 3.2 (✗, another mechanism) | keras#9 |" in text
     old = c.expected[0]
     assert timeline.range_problems(c, old, docs) == []
     late = [doc("3.0.5", "old"), doc("3.1.1", "new"), doc("3.2.1", "new")]  # the mechanism changed at 3.1
     assert any("3.1.1" in p for p in timeline.range_problems(c, old, late)) is False  # 3.1 is inside: a contradiction
-    assert v.case_status(late[1]["tests"][0], late[1]) == v.UNEXPECTED  # ... which the contradiction test reports
+    assert v.case_status(late[1].cases[0], late[1]) == v.UNEXPECTED  # ... which the contradiction test reports
     early = [doc("3.0.5", "old"), doc("3.1.1", "old"), doc("3.2.1", "old")]  # the old way lasted longer
     assert any("3.2.1, just outside the range" in p for p in timeline.range_problems(c, old, early))
 
@@ -325,7 +330,7 @@ def test_a_range_that_matters_on_another_backend_only_is_not_judged_here(monkeyp
     monkeypatch.setattr(claims, "BY_ID", {"Z04": c})
     docs = [_doc("keras3", r, [("a", HOLDS)]) for r in ("3.0.5", "3.1.1", "3.2.1")]
     for d in docs:
-        d["tests"][0]["claim"] = "Z04"
+        d.cases[0].claim = "Z04"
     assert timeline.range_problems(c, c.expected[0], docs) == []
     c2 = Claim("Z04", "z", "A statement.", "src", topic="zeta", expected=(
         Expect(HOLDS, flavour="keras3", versions=">=3.2"), Expect(REFUTED, why="before", mechanism="m")))
@@ -346,10 +351,10 @@ def test_keras3_jobs_make_the_tf_keras_artefacts_with_their_own_venv(monkeypatch
     a tf_keras job needs none, and an inherited one is not passed on."""
     monkeypatch.setenv("BNSPEC_TFKERAS_PYTHON", "/elsewhere/python")
     py, overlay = tmp_path / "venv" / "bin" / "python", tmp_path / "overlay"
-    k3 = next(j for j in history.catalogue() if j.flavour == "keras3")
+    k3 = next(j for j in releases.catalogue() if j.flavour == "keras3")
     env = history.environment(k3, overlay, py)
     assert env["BNSPEC_TFKERAS_PYTHON"] == str(py)
     assert env["PYTHONPATH"].split(":")[0] == str(overlay) and env["BNSPEC_FLAVOUR"] == "keras3"
-    tfk = next(j for j in history.catalogue() if j.flavour == "tfkeras")
+    tfk = next(j for j in releases.catalogue() if j.flavour == "tfkeras")
     env = history.environment(tfk, None, py)
     assert "BNSPEC_TFKERAS_PYTHON" not in env and env["TF_USE_LEGACY_KERAS"] == "1"

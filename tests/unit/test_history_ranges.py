@@ -7,17 +7,17 @@ from pathlib import Path
 
 import pytest
 
-from bnspec import claims, history, results
+from bnspec import claims
+from bnspec.measure import status as st
 from bnspec.report import timeline
-from bnspec.report import verdicts as v
 
-HISTORY = Path(__file__).resolve().parents[2] / "reports" / "history"
-DOCS = history.load(HISTORY) if HISTORY.is_dir() else []
+REPORTS = Path(__file__).resolve().parents[2] / "reports"
+DOCS = timeline.load(REPORTS)
 RANGED = [(c, i, r) for c in claims.CLAIMS for i, r in enumerate(c.expected) if r.versions]
 
 
 def _measured(flavours):
-    return [d for d in DOCS if d["flavour"] in flavours and not d.get("install_error") and d["tests"]]
+    return [d for d in DOCS if d.flavour in flavours and not d.install_error and d.cases]
 
 
 def test_history_covers_at_least_14_keras3_and_5_tf_keras_releases():
@@ -28,11 +28,11 @@ def test_history_covers_at_least_14_keras3_and_5_tf_keras_releases():
 
 def test_history_results_are_complete_runs():
     for d in DOCS:
-        if d.get("install_error"):
+        if d.install_error:
             continue
-        (run,) = d["runs"].values()  # one run per release: `bnspec history` writes a fresh document
-        assert not run["selection"]["partial"], d["job"]
-        assert run["environment"]["keras"] == timeline.release(d), d["job"]  # what ran is the release named
+        (run,) = d.runs.values()  # one run per release: `bnspec history` writes a fresh document
+        assert not run.partial, d.job
+        assert run.environment.keras == timeline.release(d), d.job  # what ran is the release named
 
 
 @pytest.mark.parametrize("claim,index,rule", RANGED, ids=[f"{c.id}-rule{i}" for c, i, _ in RANGED])
@@ -56,23 +56,22 @@ UNEXPLAINED: dict[tuple[str, str], str] = {}
 def _contradictions():
     found = []
     for d in DOCS:
-        for t in d.get("tests", []):
-            if t.get("claim") and t["outcome"] in results.MEASURED and v.case_status(t, d) == v.UNEXPECTED:
+        for t in d.claim_cases():
+            if t.measured and st.case_status(t, d) == st.UNEXPECTED:
                 found.append((d, t))
     return found
 
 
 def _known(d, t):
-    return next((k for k in UNEXPLAINED if d["job"].startswith(k[0]) and t["nodeid"].endswith(k[1])), None)
+    return next((k for k in UNEXPLAINED if d.job.startswith(k[0]) and t.nodeid.endswith(k[1])), None)
 
 
 def test_no_measured_release_contradicts_an_expectation():
     bad = []
     for d, t in _contradictions():
         if _known(d, t) is None:
-            confirmed = [n for n, m in (t.get("mechanisms") or {}).items() if m.get("confirmed")]
-            bad.append(f"{d['job']}: {t['nodeid']} observed {t.get('observed')} (mechanisms confirmed: "
-                       f"{', '.join(confirmed) or 'none'}), expected {v.rule_now(t, d)}")
+            bad.append(f"{d.job}: {t.nodeid} observed {t.observed} (mechanisms confirmed: "
+                       f"{', '.join(t.confirmed()) or 'none'}), expected {st.rule_now(t, d)}")
     assert not bad, f"{len(bad)} cases contradict their claims' expectations:\n" + "\n".join(bad[:40])
 
 

@@ -1,5 +1,6 @@
 """bnspec.report and bnspec.results from small hand-written results files: statuses, merging runs
-per case, stale and unmeasured marks, the landing page against a golden file, and --check."""
+per case, stale, inherited and unmeasured marks, the GPU runs beside their CPU columns, the landing page
+against a golden file, and --check."""
 
 import json
 from dataclasses import replace
@@ -7,17 +8,20 @@ from pathlib import Path
 
 import pytest
 
-from bnspec import claims, report, results
+from bnspec import BnspecError, claims, report, results
 from bnspec.claims import HOLDS, REFUTED, Claim, Expect
-from bnspec.report import verdicts as v
+from bnspec.measure import status as v
+from bnspec.report import verdicts as rv
 
 GOLDEN = Path(__file__).parent / "golden"
 
 
-def _run(fingerprint="f00d", partial=False, keras="3.15.1", finished="2026-11-25T10:00:00"):
+def _run(fingerprint="f00d", partial=False, keras="3.15.1", finished="2026-11-25T10:00:00", backend="tensorflow",
+         gpu=None, **versions):
     return {"finished": finished, "seconds": 12.0,
-            "environment": {"keras": keras, "tensorflow": "2.21.0", "python": "3.11", "cpu": "x", "cpu_count": 2,
-                            "workers": "2", "backend": "tensorflow"},
+            "environment": {"keras": keras, "tensorflow": "2.21.0", "python": "3.11.7", "cpu": "x", "cpu_count": 2,
+                            "workers": "2", "backend": backend, **({"gpu": gpu, "driver": "580.1", "cuda": "13.0"} if gpu else {}),
+                            **versions},
             "code": {"fingerprint": fingerprint, "commit": "c0ffee", "dirty": False},
             "selection": {"args": ["-k", "K01"] if partial else [], "partial": partial}}
 
@@ -28,9 +32,9 @@ def _t(nodeid, claim, outcome, observed, run="r1", params=None, summary="s", **e
             "run": run}
 
 
-def _doc(tests, flavour="keras3", runs=None):
-    return {"schema": results.SCHEMA, "flavour": flavour, "backend": "tensorflow", "runs": runs or {"r1": _run()},
-            "tests": tests}
+def _doc(tests, flavour="keras3", runs=None, backend="tensorflow", **extra) -> results.Results:
+    return results.Results.from_dict({"schema": results.SCHEMA, "flavour": flavour, "backend": backend,
+                                      "runs": runs or {"r1": _run()}, "tests": tests, **extra})
 
 
 @pytest.fixture
@@ -70,13 +74,13 @@ def _two_runs():
 def test_statuses_marks_and_reasons(small_catalogue):
     keras3, tfkeras = _two_runs()
     s = v.summarise(keras3, "f00d")
-    assert (s["A01"]["status"], s["A02"]["status"], s["B01"]["status"], s["B02"]["status"]) == \
+    assert (s["A01"].status, s["A02"].status, s["B01"].status, s["B02"].status) == \
         (v.HOLDS, v.REFUTED, v.MIXED, v.UNMEASURED)
-    assert s["B01"]["partial"] and not s["A01"]["partial"]
-    assert s["B02"]["skip_reasons"] == ["skip reason"]
+    assert s["B01"].partial and not s["A01"].partial
+    assert s["B02"].skip_reasons == ["skip reason"]
     t = v.summarise(tfkeras, "f00d")
-    assert t["A01"]["stale"] and t["B01"]["status"] == v.ERROR and t["B02"]["status"] == v.UNMEASURED
-    assert t["B02"]["skip_reasons"] == ["no test collected"]
+    assert t["A01"].stale and t["B01"].status == v.ERROR and t["B02"].status == v.UNMEASURED
+    assert t["B02"].skip_reasons == ["no test collected"]
 
 
 def test_expectations_are_recomputed_from_the_current_registry(small_catalogue, monkeypatch):
@@ -84,13 +88,13 @@ def test_expectations_are_recomputed_from_the_current_registry(small_catalogue, 
     # the registry changed since the run: A02 is now expected to hold everywhere
     a02 = replace(claims.BY_ID["A02"], expected=(Expect(HOLDS),))
     monkeypatch.setitem(claims.BY_ID, "A02", a02)
-    assert v.summarise(keras3, "f00d")["A02"]["status"] == v.UNEXPECTED
+    assert v.summarise(keras3, "f00d")["A02"].status == v.UNEXPECTED
 
 
 def test_a_refutation_without_its_mechanism_is_unexpected(small_catalogue):
     keras3, _ = _two_runs()
-    keras3["tests"][1]["mechanism_failed"] = True
-    assert v.summarise(keras3, "f00d")["A02"]["status"] == v.UNEXPECTED
+    keras3.cases[1].mechanism_failed = True
+    assert v.summarise(keras3, "f00d")["A02"].status == v.UNEXPECTED
 
 
 def test_landing_page_matches_the_golden_file(small_catalogue, tmp_path):
@@ -107,9 +111,9 @@ def test_landing_page_matches_the_golden_file(small_catalogue, tmp_path):
     assert max(len(line) for line in md.splitlines()) <= report.MAX_LINE
 
 
-def _write_raw(raw: Path, doc: dict) -> None:
+def _write_raw(raw: Path, doc: results.Results) -> None:
     raw.mkdir(parents=True, exist_ok=True)
-    (raw / f"{results.key(doc)}.json").write_text(json.dumps(doc))
+    (raw / f"{doc.key}.json").write_text(json.dumps(doc.to_dict()))
 
 
 def test_write_then_check_then_a_change_is_caught(small_catalogue, tmp_path):
@@ -142,22 +146,22 @@ def test_merge_run_per_case():
     new = _doc([_t("t::a", "K01", "passed", "holds", run="r2"), _t("t::gpu", "K01", "skipped", None, run="r2")],
                runs={"r2": _run()})
     merged = results.merge_run(old, new)
-    by = {t["nodeid"]: t for t in merged["tests"]}
-    assert by["t::a"]["run"] == "r2" and by["t::gpu"]["run"] == "r1" and by["t::gpu"]["outcome"] == "passed"
-    assert "t::gone" not in by and set(merged["runs"]) == {"r1", "r2"}
+    by = {t.nodeid: t for t in merged.cases}
+    assert by["t::a"].run == "r2" and by["t::gpu"].run == "r1" and by["t::gpu"].outcome == "passed"
+    assert by["t::gpu"].kept == {"skipped_by": "r2", "reason": "skip reason"}  # kept, and marked as such
+    assert "t::gone" not in by and set(merged.runs) == {"r1", "r2"}
     # a partial run replaces only what it measured and keeps the rest
     part = _doc([_t("t::a", "K01", "passed", "refuted", run="r3")], runs={"r3": _run(partial=True)})
     merged2 = results.merge_run(old, part)
-    by2 = {t["nodeid"]: t for t in merged2["tests"]}
-    assert by2["t::a"]["observed"] == "refuted" and "t::gone" in by2
-    # an all-skipped run (e.g. the flavour is not installed) overwrites nothing
-    skipped = _doc([_t(n, "K01", "skipped", None, run="r4") for n in ("t::a", "t::gpu", "t::gone")],
-                   runs={"r4": _run()})
-    assert results.merge_run(old, skipped)["tests"] == sorted(old["tests"], key=lambda t: t["nodeid"])
+    by2 = {t.nodeid: t for t in merged2.cases}
+    assert by2["t::a"].observed == "refuted" and "t::gone" in by2 and not by2["t::gone"].kept
+    # a case measured again after being kept is the new run's own again
+    again = results.merge_run(merged, _doc([_t("t::gpu", "K01", "passed", "holds", run="r5")], runs={"r5": _run(partial=True)}))
+    assert {t.nodeid: t for t in again.cases}["t::gpu"].kept is None
 
 
 @pytest.mark.parametrize("content, message", [
-    ('{"schema": 2, "flavour": "k", "runs": {}, "tests": [', "unreadable results JSON"),
+    ('{"schema": 3, "flavour": "k", "runs": {}, "tests": [', "unreadable results JSON"),
     ('{"schema": 1, "flavour": "k", "environment": {}, "tests": []}', "schema 1"),
     ('{"schema": 2, "flavour": "k", "runs": {}, "tests": [{"nodeid": "x"}]}', "malformed"),
     ('{"schema": 2, "flavour": "k", "runs": {}, "tests": [{"nodeid": "x", "outcome": "passed", "run": "r9"}]}',
@@ -166,7 +170,7 @@ def test_merge_run_per_case():
 def test_bad_results_files_are_reported(tmp_path, content, message):
     (tmp_path / "keras3.json").write_text(content)
     with pytest.raises(results.ResultsError, match=message):
-        results.load_dir(tmp_path)
+        results.load(tmp_path / "keras3.json")
 
 
 def test_no_results_is_a_clear_error(tmp_path):
@@ -185,6 +189,82 @@ def test_compare_works_per_run_key_on_merged_files(tmp_path):
     r1, r2 = (_doc([{**_t("t::a", "K01", "passed", "refuted"), "mechanisms": {m: {"confirmed": True}}}]) for m in "xy")
     assert results.compare([r1], [r2]) == ["keras3: t::a: concluded/refuted (x) vs concluded/refuted (y)"]
     merged = tmp_path / "results.json"
-    merged.write_text(json.dumps({"schema": results.SCHEMA, "results": [a, _doc([], flavour="tfkeras")]}))
-    assert [results.key(d) for d in results.load_any(merged)] == ["keras3", "tfkeras"]
+    merged.write_text(json.dumps(results.merged_document([a, _doc([], flavour="tfkeras")])))
+    assert [d.key for d in results.load_any(merged)] == ["keras3", "tfkeras"]
     assert results.compare(results.load_any(merged), [a]) == ["tfkeras: only in the first"]
+
+
+# --------------------------------------------------------------------------- provenance: what measured each cell
+
+
+def test_a_case_the_latest_run_skipped_is_kept_and_shown_as_inherited(small_catalogue, tmp_path):
+    """Issue #21: a case measured earlier and skipped by the latest run (e.g. C25 without a tf_keras
+    interpreter) is kept with a mark and the earlier environment named, never shown as the latest run's."""
+    old = _doc([_t("t.py::a01[1]", "A01", "passed", "holds"), _t("t.py::a02", "A02", "passed", "refuted")],
+               runs={"r1": _run(keras="3.14.1", finished="2026-11-26T10:00:00")})
+    new = _doc([_t("t.py::a01[1]", "A01", "passed", "holds", run="r2"),
+                {**_t("t.py::a02", "A02", "skipped", None, run="r2"), "message": "needs a tf_keras interpreter"}],
+               runs={"r2": _run(finished="2026-12-04T10:00:00")})
+    merged = results.merge_run(old, new)
+    s = v.summarise(merged, "f00d")
+    assert s["A02"].status == v.REFUTED and s["A02"].inherited and not s["A01"].inherited
+    pages = report.render([merged], tmp_path, fingerprint="f00d")
+    md, ev = pages["REPORT.md"], pages["EVIDENCE.md"]
+    assert "| [A02](#a02) | refuted on keras3 | ✗ⁱ |" in md and "| [A01](#a01) | always holds | ✓ |" in md
+    assert "1 of them rest partly on inherited cases (ⁱ)" in md
+    # the runs line names both environments, with how many cases each measured
+    assert "`keras3` = Keras 3.15.1, TensorFlow 2.21.0, Python 3.11.7, CPU (1 cases, 2026-12-04)" in md
+    assert "ⁱ inherited from Keras 3.14.1, TensorFlow 2.21.0, Python 3.11.7, CPU (1 cases, 2026-11-26, 1 kept although" in md
+    assert ("measured on Keras 3.14.1, TensorFlow 2.21.0, Python 3.11.7, CPU, 2026-11-26; skipped by the latest run: "
+            "needs a tf_keras interpreter") in ev
+
+
+def test_a_case_from_another_keras_version_is_not_this_run_s(small_catalogue, tmp_path):
+    """A partial run on a new Keras merges into a file whose other cases were measured on an older Keras: those
+    cases are inherited (another environment), even though no run skipped them."""
+    old = _doc([_t("t.py::a01[1]", "A01", "passed", "holds"), _t("t.py::a02", "A02", "passed", "refuted")],
+               runs={"r1": _run(keras="3.14.1")})
+    new = _doc([_t("t.py::a01[1]", "A01", "passed", "holds", run="r2")], runs={"r2": _run(partial=True)})
+    merged = results.merge_run(old, new)
+    s = v.summarise(merged, "f00d")
+    assert s["A02"].inherited and not s["A01"].inherited
+    assert not merged.inherited(merged.cases[0])
+    # the same partial run in the same environment inherits nothing
+    same = results.merge_run(_doc(old.to_dict()["tests"], runs={"r1": _run()}), new)
+    assert not any(st.inherited for st in v.summarise(same, "f00d").values())
+
+
+def test_a_gpu_run_is_compared_with_its_cpu_column_not_added_to_the_matrix(small_catalogue, tmp_path):
+    cpu = _doc([_t("t.py::a01[cpu-1]", "A01", "passed", "holds", params={"device": "cpu", "n": 1}),
+                _t("t.py::a02", "A02", "passed", "refuted")], backend="jax", runs={"r1": _run(backend="jax", jax="0.10.2")})
+    gpu = _doc([_t("t.py::a01[gpu-1]", "A01", "passed", "holds", params={"device": "gpu", "n": 1}),
+                _t("t.py::a02", "A02", "passed", "holds")], backend="jax", device="gpu",
+               runs={"r1": _run(backend="jax", gpu="1 x NVIDIA H200", jax="0.11.2", fingerprint="0ld")})
+    assert gpu.key == "keras3-jax-gpu"
+    md = report.render([cpu, gpu], tmp_path, fingerprint="f00d")["REPORT.md"]
+    assert "| claim | title | keras3-jax |" in md  # one column: the GPU run is not a column
+    gpu_part = " ".join(md.split("## On the GPU")[1].split("\n## ")[0].split())  # unwrapped
+    assert "Keras 3.15.1, jax 0.11.2, Python 3.11.7, GPU 1 x NVIDIA H200 (driver 580.1, CUDA 13.0)" in gpu_part
+    assert "† stale" in gpu_part  # measured by older code: never shown as current
+    assert "Same verdict as the CPU on 1 of 2 paired cases" in gpu_part
+    assert "- A02 `-`: GPU ‼ unexpected, CPU ✗ refuted" in gpu_part
+
+
+def test_results_of_a_mutant_are_never_merged_into_the_report(small_catalogue, tmp_path):
+    raw = tmp_path / "raw"
+    _write_raw(raw, _doc([_t("t.py::a01[1]", "A01", "passed", "holds")], mutant="beta-ignored"))
+    with pytest.raises(BnspecError, match="measured with the mutant 'beta-ignored'"):
+        report.write(raw, tmp_path / "out", log=lambda m: None)
+    assert not (tmp_path / "out" / "REPORT.md").exists()
+
+
+def test_schema_2_files_are_read_and_upgraded(tmp_path):
+    """The committed release history is schema 2: it loads, and its environment keeps the GPU unnamed."""
+    doc2 = {"schema": 2, "flavour": "keras3", "backend": "jax", "device": "gpu",
+            "runs": {"r1": {**_run(), "environment": {"keras": "3.15.1", "tensorflow": None, "backend": "jax",
+                                                       "model_cache": {"entry": "e"}}}},
+            "tests": [_t("t::a", "K01", "passed", "holds")]}
+    (tmp_path / "f.json").write_text(json.dumps(doc2))
+    d = results.load(tmp_path / "f.json")
+    assert d.key == "keras3-jax-gpu" and d.runs["r1"].model == {"entry": "e"} and d.runs["r1"].environment.gpu is None
+    assert d.to_dict()["schema"] == results.SCHEMA

@@ -29,7 +29,9 @@ from pathlib import Path
 
 import pytest
 
-from bnspec import history, paths
+from bnspec import paths
+from bnspec import releases
+from bnspec.harness import history
 from bnspec.cli import _parser
 from tests.helpers import ROOT
 
@@ -204,7 +206,7 @@ def condition(step_or_job: dict) -> str:
 
 # --------------------------------------------------------------------------- the checks of meaning
 
-JOB_ID = history.catalogue()[0].id
+JOB_ID = releases.catalogue()[0].id
 
 
 def check_commands(doc: dict) -> set[str]:
@@ -252,9 +254,9 @@ def check_plan(doc: dict, tmp_path: Path) -> dict[str, list[dict]]:
         assert jobs == _history_json(args), f"plan's output is not what `bnspec history --list --json` prints ({event})"
         assert isinstance(jobs, list) and jobs and all(isinstance(j, dict) and "job" in j for j in jobs)
         found[event] = jobs
-    assert [j["job"] for j in found["schedule"]] == [j.id for j in history.catalogue()], "the weekly run sweeps all"
+    assert [j["job"] for j in found["schedule"]] == [j.id for j in releases.catalogue()], "the weekly run sweeps all"
     assert ([j["job"] for j in found["workflow_dispatch ends=true"]]
-            == [j.id for j in history.ends(history.catalogue())]), "ends=true sweeps the oldest and newest"
+            == [j.id for j in releases.ends(releases.catalogue())]), "ends=true sweeps the oldest and newest"
     return found
 
 
@@ -332,7 +334,7 @@ def check_cache(doc: dict, monkeypatch, tmp_path: Path) -> None:
         assert any(f"steps.{i}.outputs.python-version" in s["with"]["key"] for i in setup if i), \
             "a venv links to its exact Python: the key holds setup-python's python-version output"
     logs = [s for s in uses(release, "actions/upload-artifact") if s["with"]["path"].endswith(".log")]
-    for s in logs:  # bnspec.history.run_job's log
+    for s in logs:  # bnspec.harness.history.run_job's log
         assert expand(s["with"]["path"], {"matrix.job": JOB_ID}) == tilde(history.root() / "logs" / f"{JOB_ID}.log")
 
 
@@ -382,7 +384,7 @@ def test_the_plan_job_emits_the_history_list_as_the_matrix(doc, tmp_path):
 
 
 def test_each_release_job_uploads_the_file_bnspec_history_writes(doc):
-    check_release(doc, [j.as_dict() for j in history.catalogue()])
+    check_release(doc, [j.as_dict() for j in releases.catalogue()])
 
 
 def test_the_cache_is_bnspecs_keyed_by_job_and_code(doc, monkeypatch, tmp_path):
@@ -448,7 +450,7 @@ def test_the_validator_catches_a_broken_workflow(text, old, new, says):
 def test_the_checks_of_meaning_catch_a_broken_workflow(text, tmp_path, monkeypatch, old, new, check, says):
     broken = load(mutate(text, old, new))
     run = {"commands": check_commands, "merge": check_merge, "plan": lambda d: check_plan(d, tmp_path),
-           "release": lambda d: check_release(d, [j.as_dict() for j in history.catalogue()]),
+           "release": lambda d: check_release(d, [j.as_dict() for j in releases.catalogue()]),
            "cache": lambda d: check_cache(d, monkeypatch, tmp_path)}[check]
     with pytest.raises(AssertionError, match=re.escape(says)):
         run(broken)

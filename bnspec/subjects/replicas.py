@@ -4,7 +4,7 @@ Two replicas need devices that exist before the framework initialises: TensorFlo
 gets two *logical* CPU devices (`tf.config.set_logical_device_configuration`, as Keras' own
 distribute tests do) and JAX gets two host devices (`XLA_FLAGS=--xla_force_host_platform_device_count=2`).
 Neither can be done in a process that has already imported the framework, so each experiment group runs
-in a fresh `python -m bnspec.replicas <group> <out.json>`, started from the test process with
+in a fresh `python -m bnspec.subjects.replicas <group> <out.json>`, started from the test process with
 `sys.executable` and the flavour's environment; the child only *measures* (inputs, outputs, every
 replica's copy of the moving statistics, what is saved and served) and writes the numbers as JSON
 (NaN written as NaN). Every comparison, bound and verdict is made by the test in the parent, which
@@ -19,7 +19,7 @@ Groups:
   jax  (Keras 3, KERAS_BACKEND=jax)  c11: keras.distribution.DataParallel over two host devices: fit()
        of one global batch, and a jitted training-mode stateless_call on the batch sharded over both.
 
-    from bnspec import replicas
+    from bnspec.subjects import replicas
     replicas.start("jax")                 # optional: start a child in the background
     numbers = replicas.results("tf")      # once per process; raises ReplicaError on a failed child
 """
@@ -36,6 +36,8 @@ import tempfile
 import time
 
 import numpy as np
+
+from bnspec import provenance, subjects
 
 GROUPS = ("tf", "jax")
 TIMEOUT = 240  # seconds per child; the tf group takes ~11 s of CPU (half of it importing TensorFlow): 25-65 s wall
@@ -75,21 +77,24 @@ def partial_batch(seed: int = SEED + 2) -> np.ndarray:
 # --------------------------------------------------------------------------- parent side
 
 
-def child_env(group: str) -> dict:
-    """The environment of a group's child: the parent's (flavour, BNSPEC_*, TF_USE_LEGACY_KERAS) with the
-    backend and, for JAX, two host devices."""
-    env = dict(os.environ)
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+def child_run(run, group: str):
+    """The run a group's child measures: the parent's flavour and mutant on the group's backend."""
+    if group not in GROUPS:
+        raise ValueError(f"unknown group {group!r}; choose one of {GROUPS}")
+    from dataclasses import replace
+
+    return replace(run, backend="tensorflow" if group == "tf" else "jax", device=None)
+
+
+def child_env(run, group: str) -> dict:
+    """The environment of a group's child: this process's, with the child's run written over it and, for JAX,
+    two host devices."""
+    env = child_run(run, group).child_env()
     env["PYTHONHASHSEED"] = "0"
-    if group == "tf":
-        env["KERAS_BACKEND"] = "tensorflow"
-    elif group == "jax":
-        env["KERAS_BACKEND"] = "jax"
+    if group == "jax":
         flags = [f for f in env.get("XLA_FLAGS", "").split() if "force_host_platform_device_count" not in f]
         env["XLA_FLAGS"] = " ".join(flags + ["--xla_force_host_platform_device_count=2"])
         env["JAX_PLATFORMS"] = "cpu"
-    else:
-        raise ValueError(f"unknown group {group!r}; choose one of {GROUPS}")
     return env
 
 
@@ -107,26 +112,26 @@ def _stop_children() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def start(group: str) -> None:
-    """Start the group's child in the background (once per process); `results` waits for it."""
+def start(run, group: str) -> None:
+    """Start the group's child for `run` in the background (once per process); `results` waits for it."""
     if group in _RUNNING or group in _DONE:
         return
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = str(provenance.ROOT)
     tmp = tempfile.mkdtemp(prefix=f"bnspec-replicas-{group}-")
     with open(os.path.join(tmp, "log.txt"), "w") as log:
-        child = subprocess.Popen([sys.executable, "-m", "bnspec.replicas", group, os.path.join(tmp, "out.json")],
-                                 cwd=root, env=child_env(group), stdout=log, stderr=subprocess.STDOUT)
+        child = subprocess.Popen([sys.executable, "-m", "bnspec.subjects.replicas", group, os.path.join(tmp, "out.json")],
+                                 cwd=root, env=child_env(run, group), stdout=log, stderr=subprocess.STDOUT)
     _RUNNING[group] = (child, tmp, time.time())
 
 
-def results(group: str) -> dict:
+def results(run, group: str) -> dict:
     """The group's numbers (lists; NaN kept as float NaN), from its child (started here if need be),
     once per process. A failed child raises ReplicaError (again for every later call: one child per group)."""
     if group in _DONE:
         if isinstance(_DONE[group], ReplicaError):
             raise _DONE[group]
         return _DONE[group]
-    start(group)
+    start(run, group)
     child, tmp, started = _RUNNING.pop(group)
     try:
         try:
@@ -155,6 +160,13 @@ def results(group: str) -> dict:
 # --------------------------------------------------------------------------- child side
 
 
+def _child_run():
+    """The child is an entry point: its run comes from the environment its parent wrote (child_env)."""
+    from bnspec.run import Run
+
+    return Run.from_env(mutant=Run.mutant_in())
+
+
 def _arr(x) -> list:
     return np.asarray(x, dtype=np.float64).tolist()
 
@@ -165,13 +177,12 @@ def _tf_child(tmpdir: str) -> dict:
 
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    from bnspec import flavours
-
-    keras = flavours.keras_module()
-    legacy = flavours.FAMILY[flavours.current()] == "tfkeras"
+    run = _child_run()
+    keras = subjects.keras_for(run)
+    legacy = run.family == "tfkeras"
     devices = [d.name for d in tf.config.list_logical_devices("CPU")]
     strategy = tf.distribute.MirroredStrategy(devices[:2])
-    out = {"flavour": flavours.current(), "keras": keras.__version__, "tensorflow": tf.__version__,
+    out = {"flavour": run.flavour, "keras": keras.__version__, "tensorflow": tf.__version__,
            "replicas": strategy.num_replicas_in_sync, "devices": devices[:2], "import_seconds": round(time.time() - t0, 1)}
 
     def tfvar(v):  # the tf.Variable behind a layer's variable (Keras 3 wraps it)
@@ -272,13 +283,12 @@ def _tf_child(tmpdir: str) -> dict:
 
 def _jax_child(tmpdir: str) -> dict:
     t0 = time.time()
-    from bnspec import flavours
-
-    keras = flavours.keras_module()
+    run = _child_run()
+    keras = subjects.keras_for(run)
     import jax
 
     devices = jax.devices("cpu")
-    out = {"flavour": flavours.current(), "keras": keras.__version__, "jax": jax.__version__,
+    out = {"flavour": run.flavour, "keras": keras.__version__, "jax": jax.__version__,
            "devices": [str(d) for d in devices], "import_seconds": round(time.time() - t0, 1)}
     distribution = keras.distribution.DataParallel(devices=devices)
     keras.distribution.set_distribution(distribution)

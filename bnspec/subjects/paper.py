@@ -38,7 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bnspec import BnspecError, cache, data, flavours, paths
+from bnspec import BnspecError, paths
+from bnspec.subjects import cache, data
 
 UNIT = 0  # the tracked sigmoid of the last hidden layer (the same unit in both networks)
 PERCENTILES = (15, 50, 85)
@@ -98,7 +99,8 @@ def _order(run: PaperRun, n: int) -> np.ndarray:
 
 
 def _train(run: PaperRun) -> dict:
-    tf = flavours.tensorflow()
+    import tensorflow as tf  # the experiment is TensorFlow ops in a graph loop, whatever Keras is installed
+
     tf.config.experimental.enable_op_determinism()
     xtr, ytr, xte, yte = _inputs()
     rng = np.random.default_rng(run.seed)
@@ -193,8 +195,16 @@ def store() -> cache.Store:
 
 
 def key_material(run: PaperRun) -> dict:
-    return {"run": asdict(run), "data": data.CANONICAL_SHA256, "versions": flavours.versions(),
+    return {"run": asdict(run), "data": data.CANONICAL_SHA256, "tensorflow": tensorflow_version(),
+            "tracking": {"unit": UNIT, "percentiles": list(PERCENTILES)},
             "code": hashlib.sha256("".join(inspect.getsource(f) for f in (_inputs, _order, _train)).encode()).hexdigest()[:16]}
+
+
+def tensorflow_version() -> str | None:
+    """The TensorFlow the experiment runs on (package metadata; no import)."""
+    from bnspec.run import Environment, Run
+
+    return Environment.capture(Run("keras3"), gpu=False).tensorflow
 
 
 def result(run: PaperRun) -> dict:

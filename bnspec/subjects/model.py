@@ -15,12 +15,10 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from bnspec import flavours
-
 # The notebook hard-coded training=True on its 2nd and 3rd BN layers (0-based 1 and 2), not the 1st.
 NOTEBOOK_HARDCODED_LAYERS = (1, 2)
 KINDS = ("functional", "sequential", "subclassed")
-BN_IMPLEMENTATIONS = ("keras", "explicit")  # keras.layers.BatchNormalization | bnspec.layers.ExplicitBatchNorm
+BN_IMPLEMENTATIONS = ("keras", "explicit")  # keras.layers.BatchNormalization | bnspec.subjects.layers.ExplicitBatchNorm
 
 
 @dataclass(frozen=True)
@@ -32,7 +30,7 @@ class ModelSpec:
     kind: str = "functional"  # functional | sequential | subclassed
     hidden: tuple[int, ...] = (100, 100, 100)
     seed: int = 100
-    bn: str = "keras"  # keras | explicit (bnspec.layers.ExplicitBatchNorm, coded from the paper)
+    bn: str = "keras"  # keras | explicit (bnspec.subjects.layers.ExplicitBatchNorm, coded from the paper)
 
     def __post_init__(self):
         if self.activation not in ("tanh", "sigmoid"):
@@ -76,9 +74,9 @@ def _blocks(spec: ModelSpec, keras):
 
 def _bn_class(spec: ModelSpec, keras):
     if spec.bn == "explicit":
-        from bnspec.layers import ExplicitBatchNorm  # imports TensorFlow, so only when asked for
+        from bnspec.subjects import layers
 
-        return ExplicitBatchNorm
+        return layers.for_keras(keras).ExplicitBatchNorm
     return keras.layers.BatchNormalization
 
 
@@ -101,9 +99,8 @@ def _apply(spec: ModelSpec, blocks, head, x, training=None):
     return head(x)
 
 
-def build(spec: ModelSpec = ModelSpec(), keras=None):
-    """An uncompiled model for `spec`, built for inputs of shape (None, 784)."""
-    keras = keras or flavours.keras_module()
+def build(spec: ModelSpec, keras):
+    """An uncompiled model for `spec` on this Keras module, built for inputs of shape (None, 784)."""
     blocks, head = _blocks(spec, keras)
     if spec.kind == "functional":
         inputs = keras.Input(shape=(784,), name="pixels")
@@ -125,8 +122,7 @@ def build(spec: ModelSpec = ModelSpec(), keras=None):
     return model
 
 
-def compile_model(model, keras=None, learning_rate: float = 1e-3):
-    keras = keras or flavours.keras_module()
+def compile_model(model, keras, learning_rate: float = 1e-3):
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
         loss=keras.losses.CategoricalCrossentropy(from_logits=True),

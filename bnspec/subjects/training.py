@@ -1,8 +1,11 @@
-"""Train the notebook's model once per (model spec, training spec, data, library versions) and cache it."""
+"""Train the notebook's model once per (run, model spec, training spec, data, library versions, code) and cache it.
+
+    t = training.trained(run)                       # the notebook's model, trained or from the cache
+    t = training.trained(run, ModelSpec(bn="explicit"))
+"""
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -10,8 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
-from bnspec import backend, cache, data, flavours, paths, provenance
-from bnspec.model import ModelSpec, build, compile_model
+from bnspec import flavours, paths, provenance
+from bnspec.flavours import distribution_version
+from bnspec.measure.backend import Backend
+from bnspec.run import Environment, Run
+from bnspec.subjects import cache, data, layers
+from bnspec.subjects.model import ModelSpec, build, compile_model
 
 
 @dataclass(frozen=True)
@@ -31,9 +38,11 @@ class Trained:
     path: Path
     created: bool
 
+    keras: object = None  # the Keras module the model lives in
+
     def fresh(self):
         """A new, independent copy of the trained model loaded from the cache entry."""
-        return _load(self.path)
+        return _load(self.keras, self.path)
 
 
 def log(msg: str) -> None:
@@ -43,18 +52,19 @@ def log(msg: str) -> None:
 
 # The source files whose code builds, trains or preprocesses the cached model: a change to any of
 # them is a new cache key (read as files, so computing the key imports no TensorFlow).
-CODE = ("model.py", "layers.py", "training.py", "data.py", "backend.py")
+CODE = ("subjects/model.py", "subjects/layers.py", "subjects/training.py", "subjects/data.py", "measure/backend.py")
 
 
-def key_material(spec: ModelSpec, train: TrainSpec) -> dict:
+def key_material(run: Run, spec: ModelSpec, train: TrainSpec) -> dict:
     return {
         "model": spec.as_dict(),
         "train": asdict(train),
         "data": data.DATA_HASH,
-        "versions": flavours.versions(),
-        "backend": flavours.backend(),
+        "versions": {"flavour": run.flavour, "keras": distribution_version(run.flavour),
+                     "tensorflow": Environment.capture(run, gpu=False).tensorflow},
+        "backend": run.backend,
         "code": provenance.file_hash(*(provenance.PACKAGE / name for name in CODE)),
-        "mutant": os.environ.get("BNSPEC_MUTANT") or None,
+        "mutant": run.mutant,
     }
 
 
@@ -62,10 +72,8 @@ def store() -> cache.Store:
     return cache.Store(paths.home() / "models", log=log)
 
 
-def _load(path: Path):
-    keras = flavours.keras_module()
-    import bnspec.layers  # noqa: F401  registers ExplicitBatchNorm for deserialisation
-
+def _load(keras, path: Path):
+    layers.for_keras(keras)  # registers ExplicitBatchNorm for deserialisation
     model = keras.models.load_model(path / "model.keras", compile=False)
     return compile_model(model, keras)
 
@@ -79,13 +87,13 @@ def epoch_order(n: int, batch: int, seed: int, epoch: int, steps: int | None = N
     return order[:full]
 
 
-def _train_into(spec: ModelSpec, train: TrainSpec, out: Path) -> dict:
-    keras = flavours.keras_module()
-    backend.configure()
-    backend.deterministic(keras, train.seed)
+def _train_into(run: Run, keras, spec: ModelSpec, train: TrainSpec, out: Path) -> dict:
+    B = Backend(run.backend)
+    B.configure()
+    B.deterministic(keras, train.seed)
     splits = data.preprocess(data.load_mnist(), seed=train.seed, n_valid=train.n_valid)
     model = compile_model(build(spec, keras), keras, train.learning_rate)
-    log(f"training {spec.kind} model on {flavours.backend()} ({train.epochs} epochs, batch {train.batch_size}) "
+    log(f"training {spec.kind} model on {run.backend} ({train.epochs} epochs, batch {train.batch_size}) "
         f"-> {out.name}")
     started = time.time()
     history: dict[str, list[float]] = {}
@@ -109,28 +117,23 @@ def _train_into(spec: ModelSpec, train: TrainSpec, out: Path) -> dict:
     }
 
 
-def _entry_name(spec: ModelSpec) -> str:
-    be = flavours.backend()
-    return f"{flavours.current()}{'' if be == 'tensorflow' else '-' + be}-{spec.kind}" + ("" if spec.bn == "keras" else f"-{spec.bn}")
+def _entry_name(run: Run, spec: ModelSpec) -> str:
+    return f"{run.key}-{spec.kind}" + ("" if spec.bn == "keras" else f"-{spec.bn}")
 
 
-def cached_entry(spec: ModelSpec = ModelSpec(), train: TrainSpec = TrainSpec()) -> Path | None:
-    """The cache entry for (spec, train) if one exists, without importing TensorFlow (not validated)."""
-    entry = store().entry_dir(_entry_name(spec), cache.key_of(key_material(spec, train)))
-    return entry if (entry / cache.ENTRY_FILE).is_file() else None
-
-
-def trained(spec: ModelSpec = ModelSpec(), train: TrainSpec = TrainSpec()) -> Trained:
-    """The trained model for (spec, train), from the cache or trained now (once across processes)."""
+def trained(run: Run, spec: ModelSpec = ModelSpec(), train: TrainSpec = TrainSpec(), keras=None) -> Trained:
+    """The trained model for (run, spec, train), from the cache or trained now (once across processes), in
+    `keras` (default: the run's Keras module)."""
+    keras = keras or flavours.keras_module(run)
     entry = store().get_or_create(
-        _entry_name(spec),
-        key_material(spec, train),
-        create=lambda tmp: _train_into(spec, train, tmp),
-        load=_load,
+        _entry_name(run, spec),
+        key_material(run, spec, train),
+        create=lambda tmp: _train_into(run, keras, spec, train, tmp),
+        load=lambda path: _load(keras, path),
     )
     if not entry.created:
         log(
             f"reusing cached model {entry.path.name} (trained in {entry.meta.get('train_seconds')} s, "
             f"test accuracy {entry.meta.get('test_accuracy', float('nan')):.4f})"
         )
-    return Trained(entry.value, entry.meta, entry.path, entry.created)
+    return Trained(entry.value, entry.meta, entry.path, entry.created, keras)

@@ -33,90 +33,12 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from bnspec import BnspecError, paths, provenance, results
-
-# --------------------------------------------------------------------------- the catalogue
-
-# Keras 3: the latest patch of each minor release (PyPI, 2026-11), oldest first.
-KERAS3 = ("3.0.5", "3.1.1", "3.2.1", "3.3.3", "3.4.1", "3.5.0", "3.6.0", "3.7.0", "3.8.0", "3.9.2",
-          "3.10.0", "3.11.3", "3.12.4", "3.13.2", "3.14.1", "3.15.1")
-NIGHTLY = "3.16.0.dev2026102704"  # the keras-nightly the committed reports were measured on
-# tf_keras release -> the TensorFlow it is built for (same minor version; its latest patch).
-TFKERAS = {"2.15.1": "2.15.1", "2.16.0": "2.16.2", "2.17.0": "2.17.1", "2.18.0": "2.18.1", "2.19.0": "2.19.1",
-           "2.20.1": "2.20.0", "2.21.0": "2.21.0"}
-KERAS3_TENSORFLOW = "2.21.0"  # the TensorFlow every Keras 3 release runs over (the newest; tf_keras 2.21's venv)
-TORCH = "torch==2.13.0"  # the CPU build on the machines' disk (see pyproject's `torch` extra)
-FAMILIES = ("keras3", "tfkeras")
-
-
-@dataclass(frozen=True)
-class Job:
-    flavour: str  # keras3 | keras-nightly | tfkeras
-    release: str  # the flavour's Keras version
-    backend: str = "tensorflow"
-
-    @property
-    def family(self) -> str:
-        return "tfkeras" if self.flavour == "tfkeras" else "keras3"
-
-    @property
-    def id(self) -> str:
-        return f"{self.flavour}-{self.release}" + ("" if self.backend == "tensorflow" else f"-{self.backend}")
-
-    @property
-    def tensorflow(self) -> str:
-        return TFKERAS[self.release] if self.flavour == "tfkeras" else KERAS3_TENSORFLOW
-
-    @property
-    def venv_name(self) -> str:
-        return "tf-" + ".".join(self.tensorflow.split(".")[:2])
-
-    @property
-    def label(self) -> str:
-        return {"keras3": "keras", "keras-nightly": "keras-nightly", "tfkeras": "tf_keras"}[self.flavour] + " " + self.release
-
-    def as_dict(self) -> dict:
-        return {"job": self.id, "flavour": self.flavour, "release": self.release, "backend": self.backend,
-                "tensorflow": self.tensorflow}
-
-
-def catalogue(backend: str = "tensorflow") -> list[Job]:
-    """Every job, oldest first within each family (keras3 releases, keras-nightly, tf_keras)."""
-    jobs = [Job("keras3", v, backend) for v in KERAS3] + [Job("keras-nightly", NIGHTLY, backend)]
-    if backend == "tensorflow":
-        jobs += [Job("tfkeras", v) for v in TFKERAS]
-    return jobs
-
-
-def ends(jobs: list[Job]) -> list[Job]:
-    """The oldest and the newest release of each family (what CI sweeps)."""
-    out = []
-    for fam in FAMILIES:
-        members = [j for j in jobs if j.family == fam]
-        for j in (members[:1] + members[-1:]) if members else []:
-            if j not in out:
-                out.append(j)
-    return out
-
-
-def select(names: list[str], backend: str = "tensorflow", only_ends: bool = False, family: str | None = None) -> list[Job]:
-    jobs = catalogue(backend)
-    if family:
-        jobs = [j for j in jobs if j.family == family]
-    if only_ends:
-        jobs = ends(jobs)
-    if names:
-        by_id = {j.id: j for j in jobs}
-        unknown = [n for n in names if n not in by_id]
-        if unknown:
-            raise BnspecError(f"unknown release job {', '.join(unknown)}; `bnspec history --list` shows the "
-                              f"{len(by_id)} jobs")
-        jobs = [by_id[n] for n in names]
-    return jobs
-
+from bnspec.harness import runner
+from bnspec.releases import FAMILIES, TFKERAS, TORCH, Job, select  # noqa: F401
+from bnspec.run import TFKERAS_PYTHON_VAR
 
 # --------------------------------------------------------------------------- environments
 
@@ -243,39 +165,26 @@ def out_path(out_dir: Path, job: Job) -> Path:
 
 def fresh(out_dir: Path, job: Job, fingerprint: str) -> bool:
     """Whether the job's results are a complete run of this measuring code (then it is not rerun)."""
-    path = out_path(out_dir, job)
     try:
-        doc = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return False
-    if doc.get("install_error"):
-        return doc.get("release") == job.release  # not retried unless --force
-    try:
-        results.validate(doc, str(path))
+        doc = results.load(out_path(out_dir, job))
     except results.ResultsError:
         return False
-    runs = list(doc["runs"].values())
-    return (len(runs) == 1 and runs[0]["code"]["fingerprint"] == fingerprint
-            and not runs[0]["selection"].get("partial"))
+    if doc.install_error:
+        return doc.release == job.release  # not retried unless --force
+    runs = list(doc.runs.values())
+    return len(runs) == 1 and runs[0].fingerprint == fingerprint and not runs[0].partial
 
 
 def environment(job: Job, extra_path: Path | None, python: Path | None = None) -> dict:
     """The job's pytest environment. A Keras 3 job gets its own venv's python (which holds the tf_keras of
     its TensorFlow) as BNSPEC_TFKERAS_PYTHON, the interpreter that makes the tf_keras artefacts C12 and C25
     load: the job never depends on whether the checkout happens to have a .tox/tfkeras."""
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "KERAS_BACKEND", "TF_USE_LEGACY_KERAS",
-                                                            "BNSPEC_FLAVOUR", "BNSPEC_MUTANT", "VIRTUAL_ENV",
-                                                            "BNSPEC_TFKERAS_PYTHON")}
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", TFKERAS_PYTHON_VAR)}
     if python is not None and job.flavour != "tfkeras":
-        env["BNSPEC_TFKERAS_PYTHON"] = str(python)
+        env[TFKERAS_PYTHON_VAR] = str(python)
     env["PYTHONPATH"] = os.pathsep.join(([str(extra_path)] if extra_path else []) + [str(provenance.ROOT)])
-    env["BNSPEC_FLAVOUR"] = job.flavour
-    env["KERAS_BACKEND"] = job.backend
-    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
     env["BNSPEC_HOME"] = str(paths.home())
-    if job.flavour == "tfkeras":
-        env["TF_USE_LEGACY_KERAS"] = "1"
-    return env
+    return job.run.child_env(env)
 
 
 def run_job(job: Job, out_dir: Path, workers: str, say=print) -> dict:
@@ -289,33 +198,30 @@ def run_job(job: Job, out_dir: Path, workers: str, say=print) -> dict:
         python = venv(job, log, say)
         extra = overlay(job, python, log, say)
     except InstallError as exc:
-        doc = {"schema": results.SCHEMA, "flavour": job.flavour, "backend": job.backend, "release": job.release,
-               "runs": {}, "tests": [], "install_error": str(exc)}
-        paths.atomic_write_json(out_path(out_dir, job), doc)
+        doc = results.Results(job.flavour, job.backend, release=job.release, install_error=str(exc))
+        paths.atomic_write_json(out_path(out_dir, job), doc.to_dict())
         return {"job": job.id, "status": "not installable", "detail": str(exc), "seconds": time.time() - t0}
     installed = time.time() - t0
     tmp = root() / "runs" / f"{job.id}.json"
     tmp.parent.mkdir(parents=True, exist_ok=True)
     tmp.unlink(missing_ok=True)
-    cmd = [str(python), "-m", "pytest", "-n", str(workers), "tests/claims", "-q", "-p", "no:cacheprovider",
-           f"--bnspec-results={tmp}"]
+    args = ["-n", str(workers), "tests/claims", "-q", "-p", "no:cacheprovider", f"--bnspec-results={tmp}"]
     with open(log, "a") as fh:
-        fh.write("$ " + " ".join(cmd) + "\n")
+        fh.write("$ " + " ".join(runner.command(job.run, args, str(python))) + "\n")
         fh.flush()
-        code = subprocess.run(cmd, cwd=provenance.ROOT, env=environment(job, extra, python), stdout=fh,
-                              stderr=subprocess.STDOUT).returncode
+        code = runner.claim_suite(job.run, args, python=str(python), env=environment(job, extra, python),
+                                  stdout=fh).returncode
     seconds = time.time() - t0
     if code not in (0, 1) or not tmp.is_file():  # 1: some verdict unexpected or a case broke: still a result
         tail = [ln for ln in log.read_text().splitlines() if ln.strip()][-1:]
         raise BnspecError(f"{job.id}: pytest exited {code} ({tail[0][:200] if tail else 'no output'}); log: {log}")
     doc = results.load(tmp)
-    doc["release"] = job.release
-    doc["tensorflow_release"] = job.tensorflow
-    paths.atomic_write_json(out_path(out_dir, job), doc)
+    doc.release, doc.tensorflow_release = job.release, job.tensorflow
+    paths.atomic_write_json(out_path(out_dir, job), doc.to_dict())
     tmp.unlink()
-    failed = sum(t["outcome"] in ("failed", "error") for t in doc["tests"])
+    failed = sum(c.outcome in ("failed", "error") for c in doc.cases)
     return {"job": job.id, "status": "measured", "seconds": seconds, "install_seconds": installed,
-            "cases": len(doc["tests"]), "failed": failed, "log": str(log)}
+            "cases": len(doc.cases), "failed": failed, "log": str(log)}
 
 
 def sweep(jobs: list[Job], out_dir: Path, workers: str = "2", force: bool = False, say=print,
@@ -355,30 +261,6 @@ def sweep(jobs: list[Job], out_dir: Path, workers: str = "2", force: bool = Fals
             done = list(pool.map(one, jobs))
     say(f"history: {len(jobs)} jobs in {time.time() - t_all:.0f} s ({parallel} at a time); results in {out_dir}")
     return done
-
-
-# --------------------------------------------------------------------------- reading the history
-
-def load(out_dir: Path) -> list[dict]:
-    """Every job document in reports/history/, in catalogue order (unknown jobs last)."""
-    order = {j.id: i for i, j in enumerate(catalogue("tensorflow") + catalogue("jax") + catalogue("torch"))}
-    docs = []
-    for f in sorted(Path(out_dir).glob("*.json")):
-        try:
-            doc = json.loads(f.read_text())
-        except (OSError, ValueError) as exc:
-            raise results.ResultsError(f"{f}: unreadable history results ({exc})") from exc
-        if not doc.get("install_error"):
-            results.validate(doc, str(f))
-        doc["job"] = f.stem
-        docs.append(doc)
-    return sorted(docs, key=lambda d: (order.get(d["job"], len(order)), d["job"]))
-
-
-def version_key(v: str):
-    from packaging.version import Version
-
-    return Version(v)
 
 
 # --------------------------------------------------------------------------- command line

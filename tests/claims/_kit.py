@@ -1,8 +1,8 @@
 """Small measuring helpers the claim tests share: BN layers with non-trivial state, weight
 snapshots, and the numbers a model's BN layers hold. Backend-neutral: every value is read through
-bnspec.backend.to_numpy (Keras 3 on TensorFlow, JAX or PyTorch, and tf_keras).
+bnspec.measure.backend.to_numpy (Keras 3 on TensorFlow, JAX or PyTorch, and tf_keras).
 
-Change detection is NaN-safe: `changes` and `grouped_changes` raise bnspec.plugin.NonFiniteMeasurement
+Change detection is NaN-safe: `changes` and `grouped_changes` raise bnspec.measure.verdict.NonFiniteMeasurement
 when a snapshot holds a NaN or infinite value (a NaN written into a variable is never read as "no
 change", nor as a change: it is an error of the test). To decide "unchanged" for a verdict use
 `unchanged(verdict, before, after)`, which compares bitwise through `verdict.equal` and records the
@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from bnspec import model as bn_model
-from bnspec.backend import to_numpy
-from bnspec.plugin import finite, not_applicable
+from bnspec.subjects import model as bn_model
+from bnspec.measure.backend import to_numpy
+from bnspec.measure.verdict import finite, not_applicable
 
 GROUPS = ("kernels", "gamma_beta", "moving")  # the kinds of variable a model's snapshot is grouped into
 

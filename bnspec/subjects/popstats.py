@@ -1,6 +1,6 @@
 """Population statistics recomputed with frozen weights (Algorithm 2 of the paper; "PreciseBN" in
 Wu & Johnson 2021), for any model whose BN layers read `momentum` at call time: Keras'
-BatchNormalization (both flavours) and bnspec.layers.ExplicitBatchNorm.
+BatchNormalization (both flavours) and bnspec.subjects.layers.ExplicitBatchNorm.
 
 Each batch is run through the model in training mode, so every BN layer sees the inputs the
 training network N_tr gives it (Algorithm 2, step 9), with the layer's momentum set to i/(i+1) for
@@ -16,8 +16,8 @@ import time
 
 import numpy as np
 
-from bnspec.backend import to_numpy
-from bnspec.model import bn_layers
+from bnspec.measure.backend import to_numpy
+from bnspec.subjects.model import bn_layers
 
 
 def recompute(model, batches, unbiased: bool = True, progress: bool = False,
