@@ -97,21 +97,37 @@ def mnist():
 
 
 @pytest.fixture(scope="session")
-def trained(run, keras):
+def train_seed(request) -> int | None:
+    """The training seed of the trained models: None for the notebook's (100); `bnspec seeds` sets others."""
+    return request.config.getoption("--bnspec-train-seed")
+
+
+def _specs(bn: str, seed: int | None):
+    from bnspec.subjects import training
+    from bnspec.subjects.model import ModelSpec
+
+    if seed is None:
+        return ModelSpec(bn=bn), training.TrainSpec()
+    return ModelSpec(bn=bn, seed=seed), training.TrainSpec(seed=seed)
+
+
+@pytest.fixture(scope="session")
+def trained(run, keras, train_seed):
     """The notebook's model trained for 10 epochs (bnspec.subjects.training.Trained), from the cache.
     `trained.model` is shared: tests that change it must use `trained.fresh()`."""
     from bnspec.subjects import training
 
-    return training.trained(run, keras=keras)
+    spec, train = _specs("keras", train_seed)
+    return training.trained(run, spec, train, keras=keras)
 
 
 @pytest.fixture(scope="session")
-def trained_explicit(run, keras):
+def trained_explicit(run, keras, train_seed):
     """The same model and training with bnspec.subjects.layers' ExplicitBatchNorm in place of Keras' layer."""
     from bnspec.subjects import training
-    from bnspec.subjects.model import ModelSpec
 
-    return training.trained(run, ModelSpec(bn="explicit"), keras=keras)
+    spec, train = _specs("explicit", train_seed)
+    return training.trained(run, spec, train, keras=keras)
 
 
 @pytest.fixture(autouse=True)

@@ -76,9 +76,10 @@ def _parser() -> argparse.ArgumentParser:
     from bnspec.harness import mutants  # no TensorFlow at import
 
     mutants.register(sub)
-    from bnspec.harness import history  # no TensorFlow at import
+    from bnspec.harness import history, seeds  # no TensorFlow at import
 
     history.register(sub)
+    seeds.register(sub)
     sub.add_parser("claims", help="list the claims in the registry")
     sub.add_parser("cache", help="show the cache directory, its models and its event log")
     return p
@@ -280,12 +281,17 @@ def main(argv: list[str] | None = None) -> int:
             return audit_cli.run(args)
         if args.command == "mutants":
             from bnspec.harness import mutants
+            from bnspec.report import mutants as kill_matrix
 
-            return mutants.run(args)
+            return mutants.run(args, publish=kill_matrix.write_page)
         if args.command == "history":
             from bnspec.harness import history
 
             return history.main(args)
+        if args.command == "seeds":
+            from bnspec.harness import seeds
+
+            return seeds.main(args)
         return {"report": _cmd_report, "data": _cmd_data, "train": _cmd_train, "claims": _cmd_claims,
                 "cache": _cmd_cache, "compare": _cmd_compare, "paper": _cmd_paper}[args.command](args)
     except BnspecError as exc:

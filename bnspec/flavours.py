@@ -65,6 +65,10 @@ def keras_module(run):
                 raise BnspecError(f"Keras is already imported on the {loaded} backend in this process; "
                                   f"the run asks for {be}")
         os.environ["KERAS_BACKEND"] = be
+    if be == "jax":
+        # JAX preallocates 75% of a GPU's memory per process: with several pytest-xdist workers the second one
+        # failed to allocate (the first H200 run). Allocate on demand unless the user chose otherwise.
+        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     try:
         importlib.import_module(be)
     except ImportError as exc:

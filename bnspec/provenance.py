@@ -8,7 +8,7 @@ A run's results carry
 Modules that do not change what is measured (the claim registry, whose expectations the report
 re-applies, the results schema, the report, the CLI, the audit, the harnesses that start runs, the release
 catalogue) are left out of the fingerprint, so editing the report does not make every result stale. The
-mutant layers (bnspec/subjects/mutants.py) are left out too: they never run outside the mutation harness,
+mutant layers (bnspec/subjects/mutants/) are left out too: they never run outside the mutation harness,
 whose results name the mutant and are never merged into the report.
 """
 
@@ -26,7 +26,7 @@ MEASURING = ("bnspec", "tests/claims", "conftest.py")
 # ... except these (relative to the repository root): they render, select or describe, not measure.
 NOT_MEASURING = (
     "bnspec/claims", "bnspec/report", "bnspec/cli.py", "bnspec/audit", "bnspec/harness", "bnspec/releases.py",
-    "bnspec/results.py", "bnspec/provenance.py", "bnspec/__main__.py", "bnspec/subjects/mutants.py", "bnspec/measure/status.py",
+    "bnspec/results.py", "bnspec/provenance.py", "bnspec/__main__.py", "bnspec/measure/status.py",
     "bnspec/subjects/mutants",
 )
 

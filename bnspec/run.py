@@ -262,9 +262,11 @@ class Environment:
     def backend_version(self) -> str | None:
         return {"tensorflow": self.tensorflow, "jax": self.jax, "torch": self.torch}.get(self.backend)
 
-    @property
-    def device(self) -> str:
-        return f"GPU {self.gpu}" if self.gpu else "CPU"
+    def device_label(self, device: str | None = None) -> str:
+        """"CPU", "GPU 1 x NVIDIA H200", or, for a GPU run whose code did not record the model, "GPU (model not recorded)"."""
+        if self.gpu:
+            return f"GPU {self.gpu}"
+        return "GPU (model not recorded)" if device == "gpu" else "CPU"
 
     def identity(self) -> tuple:
         """Keras, the backend library, the Python minor version and the accelerator: two cases measured
@@ -272,9 +274,11 @@ class Environment:
         py = ".".join(self.python.split(".")[:2])
         return (self.keras, self.backend, self.backend_version, py, self.gpu)
 
-    def label(self) -> str:
-        """One line for people: 'Keras 3.15.1, jax 0.11.2, Python 3.12.3, GPU 1 x NVIDIA H200 (driver 580, CUDA 13.0)'."""
+    def label(self, device: str | None = None) -> str:
+        """One line for people: 'Keras 3.15.1, jax 0.11.2, Python 3.12.3, GPU 1 x NVIDIA H200 (driver 580, CUDA 13.0)'
+        (`device`: the run's device, when it says more than the environment recorded)."""
         lib = {"tensorflow": "TensorFlow", "jax": "jax", "torch": "torch"}[self.backend]
         extra = ([f"driver {self.driver}"] if self.driver else []) + ([f"CUDA {self.cuda}"] if self.cuda else [])
-        dev = self.device + (f" ({', '.join(extra)})" if extra else "")
-        return f"Keras {self.keras}, {lib} {self.backend_version}, Python {self.python}, {dev}"
+        dev = self.device_label(device) + (f" ({', '.join(extra)})" if extra else "")
+        return (f"Keras {self.keras or '(version not recorded)'}, {lib} {self.backend_version or '(version not recorded)'}, "
+                f"Python {self.python or '(not recorded)'}, {dev}")

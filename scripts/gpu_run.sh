@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # One prepared run on a GPU machine that has CUDA, JAX and PyTorch but no TensorFlow, no Keras and no network
-# (the lent accelerator), within BUDGET_S seconds (default 450, for one call of at most 8 minutes):
+# (the lent accelerator), within BUDGET_S seconds (default 420, for one call of at most 8 minutes):
 #   1. the claims: Keras 3 on the jax and torch backends with --bnspec-device=gpu, one results file per
 #      backend, OUT/keras3-<backend>-gpu.json (reports/raw/ format: `bnspec report` merges them as columns);
 #      on a GPU both backends run at once (CONCURRENT=1), each with WORKERS xdist workers, logs in
 #      OUT/claims-<backend>.log;
 #   2. the benchmarks (tests/benchmarks, the GPU shapes), one backend after the other on the otherwise idle
-#      GPU, each with its share of the time left (--bench-budget-s), into OUT/bench-<backend>.json
+#      GPU, each with its share of the time left (--bench-budget-s; the cases most wanted first, the rest
+#      skipped once it is spent), into OUT/bench-<backend>.json
 #      (pytest-benchmark JSON), and OUT/bench-run.json (the GPU, the versions, the code: scripts/gpu_bench_run.py).
 #
 #   here:    bash scripts/gpu_prepare.sh          # wheels into .whl/ (cp312), MNIST into .gpu/ (compressed)
@@ -28,7 +29,7 @@ out=${1:?usage: gpu_run.sh OUTDIR [gpu|cpu]}
 device=${2:-gpu}
 py=${PYTHON:-python3}
 t0=$SECONDS
-budget=${BUDGET_S:-450}
+budget=${BUDGET_S:-420}
 workers=${WORKERS:-8}
 backends=${BACKENDS:-jax torch}
 if [ "$device" = gpu ]; then concurrent=${CONCURRENT:-1}; else concurrent=${CONCURRENT:-0}; fi
@@ -84,10 +85,13 @@ fi
 
 if [ "${BENCH:-1}" = 1 ]; then
     n=$(wc -w <<<"$backends")
-    left=$((budget - (SECONDS - t0)))
-    share=$(((left - 20 * n) / n))  # each backend's pytest: its share of the time left, less ~20 s of start-up
-    if [ "$share" -lt "$bench_min" ]; then share=$bench_min; fi
     for b in $backends; do
+        # this backend's pytest: its share of the time left (a backend that finishes early leaves its rest to
+        # the next), less ~20 s of start-up per backend still to run
+        left=$((budget - (SECONDS - t0)))
+        share=$(((left - 20 * n) / n))
+        if [ "$share" -lt "$bench_min" ]; then share=$bench_min; fi
+        n=$((n - 1))
         step "benchmarks: keras3 on $b, device $device, budget $share s"
         set +e
         KERAS_BACKEND=$b BNSPEC_TORCH_THREADS=auto timeout -s INT -k 20 $((share + 60)) \

@@ -56,7 +56,7 @@ def current_run() -> tuple[Run | None, str]:
         return None, str(exc)
 
 
-def _looks_like_factory(spec: str) -> bool:
+def looks_like_factory(spec: str) -> bool:
     if ":" not in spec or os.path.exists(spec):
         return False
     module, _, attr = spec.partition(":")
@@ -137,7 +137,7 @@ def check(model, data=None, *, dynamic: bool = True, max_examples: int = 64, see
     source = str(model) if isinstance(model, (str, Path)) else None
     file_context = {}
     if source is not None:
-        if _looks_like_factory(source):
+        if looks_like_factory(source):
             model = load_factory(source)
         else:
             file_findings = static.audit_file(source, run)  # validates the file without Keras first

@@ -19,10 +19,11 @@ from bnspec.audit.findings import SEVERITIES, UsageError
 HELP = "check your own model for the BN traps bnspec measures (static config checks + forward passes)"
 DESCRIPTION = (
     "Audit a model for Batch Normalization traps: hard-coded training arguments, preprocessing layers that put BN "
-    "in training mode, shared or frozen BN, Keras-2-only arguments, 16-bit statistics, hyper-parameters copied "
-    "from PyTorch, biases before BN (static, from the config), and inference calls that write variables or depend "
-    "on the batch, untrained, near-zero or stale moving statistics (dynamic, forward passes). Every finding names "
-    "the layer, the evidence, the bnspec claim behind it with its verdict on this Keras, and the fix.")
+    "in training mode, shared or frozen BN, BN inside TimeDistributed, Keras-2-only arguments, 16-bit statistics, "
+    "hyper-parameters copied from PyTorch, biases before BN (static, from the config), and inference calls that "
+    "write variables or depend on the batch, untrained or near-zero statistics, and moving statistics far from "
+    "the data: stale, or a train/inference shift (dynamic, forward passes; a model without BN needs none). Every "
+    "finding names the layer, the evidence, the bnspec claim behind it with its verdict on this Keras, and the fix.")
 EPILOG = ("MODEL: a .keras file (Keras 3), an .h5 file (tf_keras / legacy), or package.module:factory (a function "
           "returning the model, for subclassed models). Exit status: 0 clean, 1 findings at or above --fail-on, "
           "2 usage error.")
@@ -38,7 +39,7 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", metavar="MODEL", help="model.keras | model.h5 | package.module:factory")
     p.add_argument("--data", metavar="FILE", default=None,
                    help=".npy or .npz of inputs for the dynamic checks (default: random inputs of the model's "
-                   "input shape; the stale-statistics check needs real data)")
+                   "input shape; the stale-statistics and train/inference-shift checks need real data)")
     p.add_argument("--json", action="store_true", help="print the findings as JSON")
     p.add_argument("--fail-on", choices=SEVERITIES, default="warning",
                    help="exit 1 when a finding has at least this severity (default: warning)")
@@ -56,7 +57,7 @@ def run(args) -> int:
         if args.max_examples < 2:
             raise UsageError("--max-examples must be at least 2")
         run, why = audit.current_run()  # None (and why) when the environment names no valid run: static still runs
-        if args.static_only and not audit._looks_like_factory(args.model):
+        if args.static_only and not audit.looks_like_factory(args.model):
             if args.data:
                 raise UsageError("--data needs the dynamic checks: drop --static")
             result = audit.check_file(args.model, run=run)

@@ -32,10 +32,20 @@ from bnspec.audit.inputs import examples, take
 from bnspec.audit.live import children, is_bn
 from bnspec.audit.measurements import (ENTRY_TEXT, BatchDependence, BatchOfOne, BNState, Change, Comparison,
                                        EntryResult, Measurements, Moments, all_finite)
-from bnspec.measure.backend import to_numpy
+from bnspec.measure.backend import to_numpy as backend_to_numpy
 
 N_SINGLES = 2  # examples whose single-example (batch of copies) output is compared with the full batch
 ENTRIES = ("call_training_false", "call", "predict")
+
+
+def to_numpy(x) -> np.ndarray:
+    """bnspec.measure.backend.to_numpy, also for torch's bfloat16, which numpy lacks: widened to float32 first
+    (exact, so bitwise comparisons and the restore stay exact)."""
+    if hasattr(x, "path") and hasattr(x, "value") and not callable(x.value):  # a Keras 3 variable
+        x = x.value
+    if hasattr(x, "detach") and str(getattr(x, "dtype", "")) == "torch.bfloat16":
+        x = x.detach().float()
+    return backend_to_numpy(x)
 
 
 def _flat(outputs) -> list[np.ndarray]:

@@ -107,7 +107,11 @@ CLAIMS = (
         "j + n/virtual_batch_size, ... TRAPS.md believed the multi-axis .h5 would load silently into Keras 3 "
         "with axis -1; measured: the loader does drop the list axis, but the saved (1, H, W, 1) weights do "
         "not fit the rebuilt (C,) layer and load_model raises a shape-mismatch ValueError that does not "
-        "mention the axis. The list-axis TypeError does not name the argument either (recorded).",
+        "mention the axis. 'Rejected' is the specific refusal, not any exception: a ValueError 'Unrecognized keyword "
+        "arguments' naming the argument; for the list axis the TypeError of int() naming the 'list' (it does not name "
+        "the argument: the same constructor without axis=[1, 2] is accepted, the control); for the .h5 the "
+        "ValueError 'Shape mismatch' naming the BN layer and its saved (1, 3, 3, 1) weights. Any other exception (a "
+        "junk file, a crash) is an error of the test, never 'rejected'.",
         advice="when porting Keras 2 code, remove fused/virtual_batch_size/adjustment (Keras 3 has no ghost "
         "batch norm or adjustment: write a custom layer) and replace a multi-axis BN by a reshape plus a "
         "single-axis BN (or LayerNormalization), retraining or converting the weights",

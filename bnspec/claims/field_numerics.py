@@ -305,8 +305,10 @@ CLAIMS = (
         ),
         note=("Momentum 0, input 8 x 3 x 3 x 4 (m = 72 per channel): the moving variance is compared with the "
               "biased batch variance (virtual_batch_size=2: the mean of the ghost batches' biased variances, "
-              "m = 18) and with m/(m-1) times it (verdict.power tells them apart), and the verdict is whether "
-              "'unbiased' coincides with layer.fused; the eligibility the claim lists is recorded next to it. "
+              "m = 18) and with m/(m-1) times it (verdict.power tells them apart). The eligibility is derived "
+              "from the rules the claim lists, evaluated on each case's arguments and input (never read from "
+              "the layer): the verdict is whether the variance is unbiased exactly where the rules say fused, "
+              "and whether the layer's own `fused` flag agrees with the rules. "
               "tf_keras only (Keras 3 has neither a fused kernel nor these arguments; K16 covers its biased "
               "variance). Believed (TRAPS.md): holds. Measured: holds in every configuration."),
         advice=("when porting tf_keras weights, know which BN layers were fused (4-D float32/16 inputs, default "

@@ -50,8 +50,7 @@ DEFAULT_OUT = Path("reports/mutants")
 # claims: they make the kill matrix show who else notices, at almost no cost.
 PANEL = ("K01", "K02", "K03", "K04", "K05", "K09", "K10", "K13", "K15", "K16", "N06",
          "P01", "P02", "P05", "E01", "E02", "E03", "X02", "X03", "C05", "C09", "C14", "C19")
-SLOW = {"P07", "P08", "P09", "P10"}
-FAILED = ("failed", "error")
+SLOW, FAILED = {"P07", "P08", "P09", "P10"}, ("failed", "error")  # slow claims; outcomes that can kill
 
 
 def run_claims(mutant: Mutant) -> tuple[str, ...]:
@@ -146,9 +145,10 @@ def measuring(run: Run) -> dict:
     return {"flavour": run.flavour, "environment": env.as_dict(), "code": provenance.code()}
 
 
-def measured(header: dict, name: str) -> dict:
-    """A row's (or the control's) `measured`: the header's environment and code, the mutant's own code, when."""
-    return {"environment": header["environment"], "code": header["code"], "mutant_code": catalogue.code(name),
+def measured(header: dict, name: str, code: dict | None = None) -> dict:
+    """A row's (or the control's) `measured`: the environment, the measuring code (`code`: as it was when the
+    row's run ended; default the header's), the mutant's own code, and when."""
+    return {"environment": header["environment"], "code": code or header["code"], "mutant_code": catalogue.code(name),
             "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
@@ -327,7 +327,7 @@ def harness(run: Run, selected: list[Mutant], out: Path, home_root: Path, jobs: 
                 + (f"; also {', '.join(others)}" if others else "") + (f"; {row['error']}" if row.get("error") else "")
                 + (f"; not in the registry: {', '.join(row['pending'])}" if row.get("pending") else "")
                 + f") in {res['seconds']:.0f} s")
-        return name, row | {"measured": measured(header, name)}
+        return name, row | {"measured": measured(header, name, provenance.code())}  # code edited meanwhile: marked
 
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         rows = dict(pool.map(one, ([None] if control else []) + list(selected)))
@@ -387,9 +387,11 @@ def run(args, publish=None) -> int:
         doc = merge(previous, doc)
         write(doc, out)
     c, kept = doc["counts"], len(doc["mutants"]) - len(selected)
+    edited = [m.name for m in selected if doc["mutants"][m.name]["measured"]["code"] != doc["code"]]
     print(f"bnspec mutants: {c['killed']} of {len(selected)} mutants killed by their named claims "
           f"({c['gap']} gap(s), {c['survived']} survived, {c['error']} error(s))"
-          + (f"; {kept} other row(s) kept from earlier runs, each with what measured it" if kept else ""))
+          + (f"; {kept} other row(s) kept from earlier runs, each with what measured it" if kept else "")
+          + (f"; the measuring code changed during the runs of {', '.join(edited)} (marked)" if edited else ""))
     page = publish(out) if publish is not None else None
     print(f"bnspec: wrote {out / 'results.json'}" + (f" and {page}" if page else
                                                       " (MUTANTS.md: rendered by bnspec.report.mutants)"))

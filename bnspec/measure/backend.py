@@ -24,8 +24,9 @@ def to_numpy(x, dtype=None) -> np.ndarray:
     """A numpy copy of a backend tensor or a Keras variable (torch tensors that require grad too)."""
     if hasattr(x, "path") and hasattr(x, "value") and not callable(x.value):  # a Keras 3 variable
         x = x.value
-    if hasattr(x, "detach"):  # torch
-        arr = x.detach().cpu().numpy()
+    if hasattr(x, "detach"):  # torch (numpy has no bfloat16: widened to float32, exact for every bfloat16 value)
+        t = x.detach()
+        arr = (t.float() if str(t.dtype) == "torch.bfloat16" else t).cpu().numpy()
     elif hasattr(x, "numpy"):  # tf tensors and variables
         arr = np.asarray(x.numpy())
     else:  # jax arrays, numpy

@@ -50,6 +50,9 @@ def pytest_addoption(parser):
                     "visible); gpu makes the run a report column of its own")
     group.addoption("--bnspec-mutant", default=None, metavar="NAME",
                     help="measure a deliberately wrong BN layer (bnspec mutants passes this, with --bnspec-results)")
+    group.addoption("--bnspec-train-seed", default=None, type=int, metavar="N",
+                    help="train the notebook's model with this seed instead of the notebook's 100 (bnspec seeds passes "
+                    "this, with --bnspec-results: the statistical claims' verdicts across trainings)")
 
 
 def make_run(config) -> Run:
@@ -64,6 +67,9 @@ def make_run(config) -> Run:
             f"started only by `bnspec mutants`; unset {MUTANT_VAR} to measure the real layer")
     if mutant and not config.getoption("--bnspec-results"):
         raise pytest.UsageError("--bnspec-mutant needs --bnspec-results: a mutant's results never go to reports/raw/")
+    if config.getoption("--bnspec-train-seed") is not None and not config.getoption("--bnspec-results"):
+        raise pytest.UsageError("--bnspec-train-seed needs --bnspec-results: a run on another training's model never "
+                                "goes to reports/raw/")
     try:
         return Run.from_env(device=config.getoption("--bnspec-device"), mutant=mutant)
     except BnspecError as exc:
@@ -145,16 +151,23 @@ def selection(config, exitstatus=0) -> dict:
     unfinished = int(exitstatus) in (int(pytest.ExitCode.INTERRUPTED), int(pytest.ExitCode.INTERNAL_ERROR)) or \
         bool(getattr(opt, "maxfail", 0))
     partial = any(narrowing.values()) or bool(files) or unfinished
-    return {"args": list(config.invocation_params.args), "partial": partial, **({"unfinished": True} if unfinished else {})}
+    seed = config.getoption("--bnspec-train-seed")
+    return {"args": list(config.invocation_params.args), "partial": partial, **({"unfinished": True} if unfinished else {}),
+            **({"train_seed": seed} if seed is not None else {})}
 
 
 # --------------------------------------------------------------------------- fixtures and the test protocol
 
 
+def run_of(config) -> Run:
+    """The run this pytest session measures (for hooks, which cannot take the `run` fixture)."""
+    return config.stash[STATE].run
+
+
 @pytest.fixture(scope="session")
 def run(request) -> Run:
     """The run under test (bnspec.run.Run): flavour, backend, device, mutant."""
-    return request.config.stash[STATE].run
+    return run_of(request.config)
 
 
 @pytest.fixture

@@ -4,6 +4,10 @@
     verdict.power("unbiased_alternative", np.abs(y_unbiased - ref), bound)  # else the test has no power
     verdict.conclude(ok, "max |y - ref| within its float32 bound")
 
+The power rule lives in `Verdict.power` (see there): an alternative computed exactly must lie more than
+twice the claim's bound away (`power(name, diff, bound)`), an alternative that is itself measured, or whose
+own error `bound` already includes, more than once (`power(name, diff, bound, measured=True)`).
+
 The helpers reduce with NaN-propagating operations and turn any non-finite measurement into an *error* of the
 test (`NonFiniteMeasurement`), never a verdict. `conclude` compares the observed verdict with the claim's
 expected one for this run (flavour, Keras version, backend) and case, and fails the test when they differ; an
@@ -126,12 +130,50 @@ class Verdict:
         v, b, _ = self._compare(name, value, bound)
         return bool(np.any(v > b))
 
-    def power(self, name: str, alternative_diff, bound) -> None:
-        """Require that the alternative (what the other mode/formula would give) differs from the claim's
-        prediction by more than the bound somewhere; otherwise the test has no power here (an error)."""
-        if not self.beyond(name, alternative_diff, bound):
-            raise NoPower(f"{self.claim.id}: {name} = {self.evidence[name]['value']:.3g} does not exceed the bound "
-                          f"{self.evidence[name]['bound']:.3g}: this case cannot tell the claim from its alternative")
+    # the power rule: how far an alternative must lie from the claim's prediction, in units of the claim's bound
+    EXACT_FACTOR, MEASURED_FACTOR = 2.0, 1.0
+
+    def power(self, name: str, alternative_diff, bound, *, measured: bool = False) -> None:
+        """Require that the case can tell the claim from an alternative; otherwise it has no power here (an
+        error of the test, NoPower). `alternative_diff` is the alternative (what the other mode, formula or
+        implementation gives) minus the claim's prediction, `bound` the claim's own bound: the one its
+        `within` allows the measurement for this quantity. The rule, in one place:
+
+        - an alternative computed exactly (the default: a float64 reference of what another implementation
+          would compute) must differ by more than 2 x `bound` somewhere. A float32 implementation of the
+          alternative may itself sit one bound from its exact value and must still fail `within`;
+        - `measured=True`: an alternative whose own error is already accounted for must differ by more than
+          1 x `bound`. That is an alternative that is itself measured (a float32 computation of it, a
+          variable left as a float32 step wrote it, another framework's output), a `bound` that already sums
+          the claim's bound and the alternative's own (both computations' bounds), or a statistical threshold
+          on measured quantities.
+
+        Recorded as evidence `name` like `beyond`, with the bound the rule requires (2 x or 1 x `bound`), so
+        that its ratio > 1 means "distinguishable"."""
+        factor = self.MEASURED_FACTOR if measured else self.EXACT_FACTOR
+        required = factor * np.asarray(finite(f"{name} bound", bound))
+        if not self.beyond(name, alternative_diff, required):
+            rule = "its own error already in the bound" if measured else "an exact alternative: 2 x the claim's bound"
+            raise NoPower(f"{self.claim.id}: {name} = {self.evidence[name]['value']:.3g} does not exceed "
+                          f"{self.evidence[name]['bound']:.3g} ({rule}): this case cannot tell the claim from its "
+                          "alternative")
+
+    def ratio(self, name: str) -> float:
+        """The worst value/bound ratio recorded as evidence `name`, as a number (the record's "inf", a value
+        over a zero bound, is float("inf"))."""
+        r = self.evidence[name]["ratio"]
+        return float("inf") if isinstance(r, str) else float(r)
+
+    def quote(self, name: str, spec: str = ".3g", field: str = "ratio") -> str:
+        """Evidence `name` for a summary line: its `field` ("ratio", "value" or "bound"; a plain record's
+        value for "value") formatted with `spec`. A word (the record's "inf", verdict.equal's "shape
+        differs", a recorded string) stays as it is."""
+        v = self.evidence[name]
+        if isinstance(v, dict):
+            v = v[field]
+        elif field != "value":
+            raise KeyError(f"evidence {name!r} is a plain record, it has no {field!r}")
+        return v if isinstance(v, str) else format(v, spec)
 
     def equal(self, name: str, a, b) -> bool:
         """Bitwise equality of two finite arrays (e.g. a variable before and after a call)."""
@@ -149,6 +191,17 @@ class Verdict:
         n = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
         self.record(**{name: n})
         return n
+
+    def refusal(self, name: str, exc: BaseException, types, names=()) -> bool:
+        """Whether the exception `exc` is the specific refusal a claim allows ("rejected with an error"): an
+        instance of `types` whose message contains every string in `names` (e.g. the refused argument).
+        Recorded as evidence `name` ("Type: message", first 300 characters) and `<name>_is_the_refusal`. The
+        caller re-raises anything else: an unrelated exception (a junk file, a crash) is an error of the
+        test, never the expected answer."""
+        text = str(exc)
+        specific = isinstance(exc, types) and all(n in text for n in names)
+        self.record(**{name: f"{type(exc).__name__}: {text[:300]}", f"{name}_is_the_refusal": specific})
+        return specific
 
     def mechanism(self, name: str, confirmed: bool, detail: str = "") -> bool:
         """Record whether the mechanism `name` (named by an expected refutation's rule) was observed."""

@@ -9,6 +9,7 @@ returns markdown lines, or nothing when its input is absent:
   bench      reports/benchmarks/history/ (tox -e bench)
   mutants    reports/mutants/results.json (bnspec mutants)
   timeline   reports/history/<job>.json (bnspec history): the verdict of every claim on every release
+  seeds      reports/seeds/results.json (bnspec seeds): the trained-model claims on several trainings
 
 `write` renders and writes; `check` renders from the committed inputs and compares with the
 committed pages (CI runs it: a page that is not what the code renders fails).
@@ -58,17 +59,21 @@ def _no_mutant(doc: Results, origin) -> Results:
     return doc
 
 
-def _sections(out_dir: Path) -> tuple[list[str], dict[str, str]]:
+def _sections(out_dir: Path, fingerprint: str) -> tuple[list[str], dict[str, str]]:
     """REPORT.md's sections after the claims (short: a number, the figure, a link) and the pages they
     link to (name -> text), each from its own input."""
-    from bnspec.report import bench, mutants, paper
+    from bnspec.report import bench, mutants, paper, seeds
 
     lines, pages = [], {}
+    doc = seeds.load(out_dir)
+    if doc:
+        lines += seeds.section(doc, fingerprint)
     doc = paper.load(out_dir)
     if doc:
         lines += paper.section(doc, table=False)
     mut = mutants.load(out_dir)
     if mut:
+        pages["mutants/MUTANTS.md"] = mutants.page(mut)
         lines += ["## The mutation harness", "", mutants.section(mut)[0], "",
                   "The kill matrix (mutant x the claims that caught it): [mutants/MUTANTS.md](mutants/MUTANTS.md).", ""]
     doc, previous = bench.current(out_dir / "benchmarks" / "history")
@@ -92,11 +97,11 @@ def render(docs: list[Results], out_dir: Path, fingerprint: str | None = None) -
     lines += timeline.section(timeline.load(out_dir), page.fingerprint)
     lines += v.problems(page)
     lines += v.not_measured(page)
-    lines += v.details(page)
-    more, pages = _sections(out_dir)
+    more, pages = _sections(out_dir, page.fingerprint)
     lines += more
     lines += v.runs_table(page)
-    return {"REPORT.md": "\n".join(lines).rstrip() + "\n", "EVIDENCE.md": v.evidence_page(page), **pages}
+    return {"REPORT.md": "\n".join(lines).rstrip() + "\n", "CLAIMS.md": v.claims_page(page),
+            "EVIDENCE.md": v.evidence_page(page), **pages}
 
 
 def write(raw_dir: Path, out_dir: Path, log=print) -> Path:

@@ -19,6 +19,10 @@ section (`gpu_section`): per GPU run, the absolute time per call, GB/s, the frac
 bandwidth (the host copy copy_numpy excluded), Keras' layer against the framework's native BN, and which
 rows are launch-bound (`launch_floor`). A GPU benchmark's round may hold several calls (extra_info
 "calls"): every time here is per call.
+
+Size: one room for the benchmark JSON, CPU history and GPU runs alike: both sections are made from the same
+rows (time per call, GB/s), copy references and Keras-layer references; the GPU half (below "GPU runs") is the
+part to move into a module of its own if either grows.
 """
 
 from __future__ import annotations

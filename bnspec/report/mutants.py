@@ -4,8 +4,9 @@ TensorFlow.
 
 Schema 1 (before rows carried what measured them) is read and rendered as it always was: one run wrote every
 row. From schema 2 each row and the control carry `measured` (environment, measuring code, the mutant's
-code); a row kept by `bnspec mutants --only` from an earlier run under another environment or older code is
-marked †, listed with what measured it, and not counted by the header, which speaks for this run only.
+code); a row measured otherwise than the header says (kept by `bnspec mutants --only` from an earlier run
+under another environment or older code, or measured after the code was edited during the run) is marked †,
+listed with what measured it, and not counted by the header.
 
     doc = mutants.load(Path("reports"))            # reports/mutants/results.json, or None
     lines = mutants.render_section(doc)            # lines[0]: the numbers, for REPORT.md
@@ -121,7 +122,7 @@ def render_section(doc: dict) -> list[str]:
         f"**{c['killed']} of {len(now)} mutants killed by the claims that name their mechanism**"
         f" ({c['gap']} gap(s), {c['survived']} survived, {c['error']} error(s); {env}, "
         f"harness {doc.get('seconds', 0) / 60:.1f} min)."
-        + (f" {len(kept)} row(s) kept from runs under another environment or code ({KEPT}) are not counted."
+        + (f" {len(kept)} row(s) measured under another environment or code ({KEPT}) are not counted."
            if kept else ""),
         "",
         "Each mutant is Keras' BatchNormalization with one deliberate, realistic deviation (`bnspec mutants`, "
@@ -149,7 +150,8 @@ def render_section(doc: dict) -> list[str]:
         cell = lambda text: text.replace("|", "\\|")  # noqa: E731  (a pipe would end the cell)
         lines.append(f"| `{name}` | {cell(r['deviation'])} | {cell(r['origin'])} | {named} | {others} | {mark} |")
     if kept:
-        lines += ["", f"{KEPT} Kept by `bnspec mutants --only` from an earlier run, not measured as the header says:", ""]
+        lines += ["", f"{KEPT} Not measured as the header says (kept by `bnspec mutants --only` from an earlier run, "
+                  "or the measuring code changed while the harness ran):", ""]
         lines += [f"- `{n}`: {_measured_by(doc, n, rows[n])}" for n in kept]
     control = doc.get("control")
     if control and current(doc, "identity", control):
@@ -158,8 +160,8 @@ def render_section(doc: dict) -> list[str]:
                      f"**{control['verdict']}**: it flips {', '.join(control.get('killers', {})) or 'nothing'}; "
                      "the kills above are not to be trusted.")]
     elif control:
-        lines += ["", f"Control {KEPT}: not run with this run's environment and code; the control kept from an "
-                  f"earlier run was {control['verdict']} ({_measured_by(doc, 'identity', control)})."]
+        lines += ["", f"Control {KEPT}: not measured as the header says (kept from an earlier run, or the code "
+                  f"changed while it ran); it was {control['verdict']} ({_measured_by(doc, 'identity', control)})."]
     gaps = [(name, r) for name, r in rows.items() if r["verdict"] != "killed"]
     if gaps:
         lines += ["", "Not killed by their named claims:", ""]

@@ -209,7 +209,7 @@ def section(docs: list[Results], fingerprint: str | None) -> list[str]:
             for c, row, fl in part.rows:
                 at = ", ".join(f"{column(d)} ({_flip(previous(row, d)[1], o)})" for d, o in fl) or "—"
                 why = "; ".join(dict.fromkeys(x for d, _ in fl for x in [cause(c, d, previous(row, d)[0])] if x)) or "—"
-                lines.append(f"| [{c.id}](#{v.anchor(c.id)}) | " + " | ".join(_cell(o) for _, o in row) + f" | {at} | {why} |")
+                lines.append(f"| {v.claim_link(c.id)} | " + " | ".join(_cell(o) for _, o in row) + f" | {at} | {why} |")
             lines.append("")
         else:
             lines += ["No claim changes verdict across these releases.", ""]

@@ -12,6 +12,7 @@ comparison with its CPU column, case by case.
 from __future__ import annotations
 
 import json
+import re
 import textwrap
 from collections import Counter, defaultdict
 from dataclasses import dataclass
@@ -61,11 +62,20 @@ class Page:
 
 
 def esc(text) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
+    """Text for a markdown table cell or line: no pipes, no newlines, no terminal colour codes."""
+    return ANSI.sub("", str(text)).replace("|", "\\|").replace("\n", " ")
 
 
 def anchor(cid: str) -> str:
     return cid.lower()
+
+
+def claim_link(cid: str) -> str:
+    """A claim's statement on CLAIMS.md (REPORT.md keeps to the verdicts and stays under its size limit)."""
+    return f"[{cid}](CLAIMS.md#{anchor(cid)})"
+
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def wrap(text: str, indent: str = "") -> list[str]:
@@ -161,7 +171,7 @@ def landing(page: Page) -> list[str]:
         + (f" GPU runs: {', '.join(d.key for d in page.gpu)} ([On the GPU](#on-the-gpu))." if page.gpu else ""))
     lines += ["", "| claim | title | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
     for c in claims.CLAIMS:
-        lines.append(f"| [{c.id}](#{anchor(c.id)}) | {esc(c.title)} | " + " | ".join(cell(page.status(d, c.id)) for d in cols) + " |")
+        lines.append(f"| {claim_link(c.id)} | {esc(c.title)} | " + " | ".join(cell(page.status(d, c.id)) for d in cols) + " |")
     lines += [""] + wrap(LEGEND + ". [Verdict matrix as an image](verdict_matrix.png).") + [""]
     return lines
 
@@ -175,7 +185,7 @@ def surprises(page: Page) -> list[str]:
         if not seen or set(seen.values()) == {st.HOLDS}:
             continue
         differs = len(set(seen.values())) > 1
-        out += wrap(f"- **[{c.id}](#{anchor(c.id)})** {esc(c.title)}" + (" — *differs between runs*" if differs else "")
+        out += wrap(f"- **{claim_link(c.id)}** {esc(c.title)}" + (" — *differs between runs*" if differs else "")
                     + f": {', '.join(f'{k} {SYMBOL[s]}' for k, s in seen.items())}."
                     + (f" Source: {esc(c.source)}." if c.topic.startswith("field") else ""))
         if c.advice:
@@ -204,8 +214,7 @@ def gpu_section(page: Page) -> list[str]:
         cpu = by_key.get(g.key.removesuffix("-gpu"))
         latest = g.latest()
         stale = any(r.fingerprint != page.fingerprint for r in g.runs.values())
-        head = (f"**`{g.key}`**: {latest.environment.label() if latest else '?'}"
-                + ("" if latest and latest.environment.gpu else " (the GPU's model was not recorded by the code that measured it)")
+        head = (f"**`{g.key}`**: {latest.environment.label(device=g.device) if latest else '?'}"
                 + f"; measured {day(latest)} by code `{latest.fingerprint if latest else '?'}`"
                 + (f" {STALE_MARK} stale (older than `{page.fingerprint}`)" if stale else "") + ".")
         gcases = [c for c in g.claim_cases() if c.measured]
@@ -229,11 +238,12 @@ def gpu_section(page: Page) -> list[str]:
                       + (f"; {unpaired} cases have no CPU counterpart" if unpaired else "")
                       + f"; on the GPU: {counts[st.HOLDS]} hold, {counts[st.REFUTED]} refuted as expected, "
                       f"{counts[st.UNEXPECTED]} unexpected, {counts[st.ERROR]} errors.") + [""]
-        for c, a, b in differ[:40]:
-            lines += wrap(f"- {c.claim} `{c.case_id}`: GPU {SYMBOL[a]} {a}, CPU {SYMBOL[b]} {b}: "
-                          f"{esc(clip(c.message or c.summary, 240))}")
-        if len(differ) > 40:
-            lines.append(f"- … and {len(differ) - 40} more (EVIDENCE.md)")
+        groups: dict[tuple, list[str]] = defaultdict(list)  # the same change and message: one line
+        for c, a, b in differ:
+            groups[(c.claim, a, b, clip(" ".join(esc(c.message or c.summary).split()), 160))].append(c.case_id)
+        for (cid, a, b, msg), ids in groups.items():
+            lines += wrap(f"- {cid} ({len(ids)} case{'s' * (len(ids) != 1)}: {', '.join(ids[:4])}{', …' if len(ids) > 4 else ''}): "
+                          f"GPU {SYMBOL[a]} {a}, CPU {SYMBOL[b]} {b}: {msg}")
         if differ:
             lines.append("")
     return lines
@@ -245,14 +255,15 @@ def not_measured(page: Page) -> list[str]:
         where = [d.key for d in page.columns if page.status(d, c.id).status == st.UNMEASURED]
         if where:
             reasons = page.sums[where[0]][c.id].skip_reasons
-            rows += wrap(f"- [{c.id}](#{anchor(c.id)}) on {', '.join(where)}: {esc(clip(reasons[0] if reasons else 'skipped', 150))}")
+            rows += wrap(f"- {claim_link(c.id)} on {', '.join(where)}: {esc(clip(reasons[0] if reasons else 'skipped', 150))}")
     return (["## Unmeasured", "", "Claims no case of a run measured, with the first reason (all reasons: "
              "[EVIDENCE.md](EVIDENCE.md).", ""] + rows + [""]) if rows else []
 
 
 def problems(page: Page) -> list[str]:
+    """Every unexpected verdict and error of the matrix's runs (the GPU runs' are in the GPU section)."""
     out = []
-    for d in page.docs:
+    for d in page.columns:
         for c in claims.CLAIMS:
             for case, status in page.status(d, c.id).cases:
                 if status in (st.UNEXPECTED, st.ERROR):
@@ -260,20 +271,23 @@ def problems(page: Page) -> list[str]:
     return (["## Unexpected verdicts and errors", ""] + out + [""]) if out else []
 
 
-def details(page: Page) -> list[str]:
-    lines = ["## The claims", "", "Per claim: the statement; the verdicts per run are in the matrix above, per release in "
-             "*Across releases*, the source and every case's numbers in [EVIDENCE.md](EVIDENCE.md).", ""]
+def claims_page(page: Page) -> str:
+    """CLAIMS.md: every claim's statement, by topic, with its test module and a link to its evidence."""
+    lines = ["# bnspec claims: what each claim states", "",
+             f"{len(claims.CLAIMS)} claims in {len(claims.TOPICS)} topics. Per claim: the statement; the verdicts per run are "
+             "in [the report](REPORT.md)'s matrix, per release in its *Across releases*, the source and every case's "
+             "numbers in [EVIDENCE.md](EVIDENCE.md).", ""]
     by_topic = defaultdict(list)
     for c in claims.CLAIMS:
         by_topic[c.topic].append(c)
     for topic, cs in by_topic.items():
-        lines += [f"### {claims.TOPICS[topic]}", "", f"Tests: `tests/claims/test_{topic}.py`.", ""]
+        lines += [f"## {claims.TOPICS[topic]}", "", f"Claims: `bnspec/claims/{topic}.py`; tests: `tests/claims/test_{topic}.py`.", ""]
         for c in cs:
             lines += [f'<a id="{anchor(c.id)}"></a>']
             # the verdicts per run are the matrix's row, the measured cases are in EVIDENCE.md: here the statement
             lines += wrap(f"**{c.id} — {esc(c.title)}.** {esc(c.statement)} [Source and evidence](EVIDENCE.md#{anchor(c.id)}).")
             lines.append("")
-    return lines
+    return "\n".join(lines).rstrip() + "\n"
 
 
 def runs_table(page: Page) -> list[str]:

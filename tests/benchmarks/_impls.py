@@ -54,13 +54,14 @@ def _measure(benchmark, call, sync, device, limits, backend, event=None, first_c
         benchmark(run)
         return
     benchmark.extra_info.update(_device.gpu_info(backend))
-    _measure_batched(benchmark, call, sync, limits, event, _device.timed(run))
+    _measure_batched(benchmark, call, sync, limits, event, min(_device.timed(run) for _ in range(3)))
 
 
 def _measure_batched(benchmark, call, sync, limits, event=None, call_s=None):
-    """Rounds of `calls` back-to-back calls and one sync (_device.Batch), planned from one synchronised call's
-    time so that a round lasts >= _device.MIN_ROUND_S and the rounds fill --benchmark-max-time. pytest-benchmark
-    records rounds: extra_info["calls"] says how many calls each holds (bnspec.report.bench divides by it)."""
+    """Rounds of `calls` back-to-back calls and one sync (_device.Batch), planned from a synchronised call's
+    time (`call_s`; measured once here when not given) so that a round lasts >= _device.MIN_ROUND_S and the
+    rounds fill --benchmark-max-time. pytest-benchmark records rounds: extra_info["calls"] says how many calls
+    each holds (bnspec.report.bench divides by it)."""
     if call_s is None:
         call_s = _device.timed(lambda: _device.synced(call, sync))
     max_time, min_rounds = limits

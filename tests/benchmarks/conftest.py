@@ -34,9 +34,9 @@ def pytest_configure(config):
 
 
 def _run(config):
-    from bnspec.measure.plugin import STATE  # the run bnspec's plugin made for this session
+    from bnspec.measure.plugin import run_of  # the run bnspec's plugin made for this session
 
-    return config.stash[STATE].run
+    return run_of(config)
 
 
 def pytest_collection_modifyitems(config, items):

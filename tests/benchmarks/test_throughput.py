@@ -110,9 +110,9 @@ def test_copy_bandwidth(benchmark, tf, device, shape, impl):
 
 def _keras_bn(keras, shape, explicit=False):
     if explicit:
-        from bnspec.subjects.layers import ExplicitBatchNorm
+        from bnspec.subjects import layers
 
-        layer = ExplicitBatchNorm()
+        layer = layers.for_keras(keras).ExplicitBatchNorm()
     else:
         layer = keras.layers.BatchNormalization()
     layer.build((None,) + SHAPES[shape][1:])

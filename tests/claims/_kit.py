@@ -1,6 +1,10 @@
-"""Small measuring helpers the claim tests share: BN layers with non-trivial state, weight
-snapshots, and the numbers a model's BN layers hold. Backend-neutral: every value is read through
-bnspec.measure.backend.to_numpy (Keras 3 on TensorFlow, JAX or PyTorch, and tf_keras).
+"""What the claim tests share (tests/claims/test_<topic>.py): BN layers with non-trivial state, weight
+snapshots, the numbers a model's BN layers hold, the Keras entry points, and the small readers every
+module needs: float64 copies of tensors (`f64`, `flat`), a variable's name (`variable_name`), the
+flavour's ops (`ops`), seeded inputs
+(`feature_inputs`), one EMA step's reference (`ema_step`), and evidence spelled for a summary line
+(`ratio`, `ratio_text`, `value_text`, `bound_text`, `within_text`). Backend-neutral: every value is read
+through bnspec.measure.backend.to_numpy (Keras 3 on TensorFlow, JAX or PyTorch, and tf_keras).
 
 Change detection is NaN-safe: `changes` and `grouped_changes` raise bnspec.measure.verdict.NonFiniteMeasurement
 when a snapshot holds a NaN or infinite value (a NaN written into a variable is never read as "no
@@ -10,13 +14,97 @@ evidence per group of variables."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 
+from bnspec import reference
 from bnspec.subjects import model as bn_model
 from bnspec.measure.backend import to_numpy
 from bnspec.measure.verdict import finite, not_applicable
 
 GROUPS = ("kernels", "gamma_beta", "moving")  # the kinds of variable a model's snapshot is grouped into
+
+
+# --------------------------------------------------------------------------- values, ops and inputs
+
+
+def f64(value, keras=None) -> np.ndarray:
+    """A float64 numpy copy of a tensor, a variable, an array or a (nested) list, through
+    bnspec.measure.backend.to_numpy. Given `keras` and that Keras is Keras 3, the value is first cast to
+    float32 by keras.ops, so that 16-bit values are read too (torch cannot hand a bfloat16 tensor to numpy;
+    the cast is exact for every 16-bit value); tf_keras values are read as they are."""
+    if keras is not None and hasattr(keras, "ops"):
+        value = keras.ops.cast(value, "float32")
+    return to_numpy(value, np.float64)
+
+
+def flat(arrays) -> np.ndarray:
+    """Arrays (numpy, or anything np.asarray reads) raveled and concatenated into one float64 vector."""
+    return np.concatenate([np.ravel(np.asarray(a, np.float64)) for a in arrays])
+
+
+def ops(keras):
+    """keras.ops (Keras 3, any backend), or on tf_keras (Keras 2 has no keras.ops) the TensorFlow functions
+    the claim tests use under the same names: convert_to_tensor, matmul and sum (tf.reduce_sum)."""
+    if hasattr(keras, "ops"):
+        return keras.ops
+    import tensorflow as tf
+
+    return SimpleNamespace(convert_to_tensor=tf.convert_to_tensor, matmul=tf.matmul, sum=tf.reduce_sum)
+
+
+def feature_inputs(rng: np.random.Generator, shape, axis: int) -> np.ndarray:
+    """float32 inputs of `shape` whose features (along `axis`) have their own scale in [0.5, 3] and offset
+    (normal, sd 2): batch statistics and a layer's initial moving statistics differ by O(1)."""
+    b = [1] * len(shape)
+    b[axis] = shape[axis]
+    return (rng.normal(0, 1, shape) * rng.uniform(0.5, 3, b) + rng.normal(0, 2, b)).astype(np.float32)
+
+
+def ema_step(x, old_mean, old_var, momentum: float):
+    """The moving (mean, variance) expected after one training-mode update with batch x (features last),
+    in float64 (reference.ema of the biased batch statistics), and their float32 bounds
+    (reference.ema_bounds): (mean, var, b_mean, b_var)."""
+    mean, var = reference.batch_stats(x)
+    b_mean, b_var = reference.ema_bounds(x, old_mean, old_var, momentum)
+    return reference.ema(old_mean, mean, momentum), reference.ema(old_var, var, momentum), b_mean, b_var
+
+
+# --------------------------------------------------------------------------- evidence in a summary line
+# A summary (verdict.conclude) or a mechanism's detail quotes the evidence a comparison recorded
+# (Verdict._compare: evidence[name] = {"value", "bound", "ratio"}) through these, in one spelling.
+
+
+def ratio(verdict, name: str) -> float:
+    """The worst value/bound ratio recorded as evidence `name`, as a number: the record's "inf" (a value
+    over a zero bound) is float("inf") (bnspec.measure.verdict.Verdict.ratio)."""
+    return verdict.ratio(name)
+
+
+def ratio_text(verdict, name: str, spec: str = ".3g") -> str:
+    """The ratio of evidence `name` for a summary line, formatted with `spec` ("inf" stays the word)."""
+    return verdict.quote(name, spec, "ratio")
+
+
+def value_text(verdict, name: str, spec: str = ".2e") -> str:
+    """The value of evidence `name` for a summary line, formatted with `spec`: a comparison's worst
+    |measurement|, or what verdict.record recorded under that name (a word, such as verdict.equal's
+    "shape differs" or a recorded string, stays as it is)."""
+    return verdict.quote(name, spec, "value")
+
+
+def bound_text(verdict, name: str, spec: str = ".1e") -> str:
+    """The bound of evidence `name` (at its worst element) for a summary line, formatted with `spec`."""
+    return verdict.quote(name, spec, "bound")
+
+
+def within_text(verdict, name: str, spec: str = ".2e", bound_spec: str = ".1e") -> str:
+    """Evidence `name` as "<value> (bound <bound>)" for a summary line (value_text, bound_text)."""
+    return f"{value_text(verdict, name, spec)} (bound {bound_text(verdict, name, bound_spec)})"
+
+
+# --------------------------------------------------------------------------- BN layers and their state
 
 
 def bn_state(layer) -> dict:
@@ -58,10 +146,11 @@ def set_bn_state(layer, state: dict) -> None:
 def snapshot(model) -> dict[str, np.ndarray]:
     """Independent copies of every variable, keyed by a stable name. Non-finite values are kept (a
     snapshot is raw data); the functions below that read snapshots reject them."""
-    return {f"{i}:{_name(v)}": to_numpy(v) for i, v in enumerate(model.weights)}
+    return {f"{i}:{variable_name(v)}": to_numpy(v) for i, v in enumerate(model.weights)}
 
 
-def _name(v) -> str:
+def variable_name(v) -> str:
+    """A variable's full name: Keras 3's `path` ("sequential/batch_normalization/gamma"), else tf_keras' `name`."""
     return getattr(v, "path", None) or v.name
 
 
@@ -94,8 +183,8 @@ def grouped_arrays(snap: dict) -> dict[str, np.ndarray]:
     are left out)."""
     parts: dict[str, list] = {}
     for key in snap:  # in the snapshot's (the model's) variable order
-        parts.setdefault(group_of(key), []).append(np.ravel(np.asarray(snap[key], np.float64)))
-    return {g: np.concatenate(parts[g]) for g in GROUPS if g in parts}
+        parts.setdefault(group_of(key), []).append(snap[key])
+    return {g: flat(parts[g]) for g in GROUPS if g in parts}
 
 
 def unchanged(verdict, before: dict, after: dict, prefix: str = "") -> dict[str, bool]:
@@ -111,8 +200,7 @@ def unchanged(verdict, before: dict, after: dict, prefix: str = "") -> dict[str,
 def moving_state(layers) -> np.ndarray:
     """The moving mean and variance of BN `layers`, one float64 vector (a raw copy: compare it with
     `verdict.equal`, which rejects non-finite values)."""
-    return np.concatenate([np.concatenate([np.ravel(to_numpy(layer.moving_mean)), np.ravel(to_numpy(layer.moving_variance))])
-                           for layer in layers]).astype(np.float64)
+    return flat(to_numpy(v) for layer in layers for v in (layer.moving_mean, layer.moving_variance))
 
 
 def mlp_reference_layers(model) -> list[dict]:
@@ -129,11 +217,12 @@ def mlp_reference_layers(model) -> list[dict]:
 
 
 def randomise_model_bn(model, rng: np.random.Generator) -> None:
+    """Randomise every BN layer of `model` (randomise_bn), in the model's layer order."""
     for layer in bn_model.bn_layers(model):
         randomise_bn(layer, rng)
 
 
-# --------------------------------------------------------------------------- entry points
+# --------------------------------------------------------------------------- entry points and the collapse
 
 INFERENCE_ENTRIES = ("predict", "predict_on_batch", "evaluate", "test_on_batch", "call", "call_training_false")
 TRAINING_ENTRIES = ("fit", "train_on_batch", "call_training_true")
@@ -173,8 +262,6 @@ def run_entry(model, entry: str, x, y):
 
 
 def _collapse_parts(model, bn_index: int):
-    from bnspec import reference
-
     layers = bn_model._all_layers(model)
     bn = bn_model.bn_layers(model)[bn_index]
     pos = layers.index(bn)
@@ -199,8 +286,6 @@ def collapse_bound(model, bn_index: int = -1) -> np.ndarray:
     training-mode reference): that distance is at most |W_out|^T e plus one dot product's rounding
     ((k+1)*u*(|W_out|^T 1 + |b_out|), the activation's own rounding adding u*|W_out|^T 1), i.e. at
     most half this bound for k >= 2."""
-    from bnspec import reference
-
     _, e, w_out, b_out = _collapse_parts(model, bn_index)
     k = w_out.shape[0]
     aw = np.abs(w_out)

@@ -11,6 +11,9 @@ from bnspec import convert, reference
 from tests.claims import _kit as probes
 from bnspec.measure.backend import to_numpy
 
+
+# --------------------------------------------------------------------------- helpers
+
 M, UNITS, STEPS = 60, 8, 200
 U = reference.U32
 NO_TORCH = ("torch is not installed: X01-X04 compare Keras with torch.nn.BatchNorm1d/2d themselves "
@@ -87,48 +90,6 @@ def _torch_stream(torch, batches, momentum):
     return _torch_state(bn), b_var
 
 
-@pytest.mark.claim("X01")
-@pytest.mark.parametrize("keras_momentum", [0.9, 0.99])
-def test_momentum_conventions(verdict, B, keras, torch, rng, keras_momentum):
-    batches = _stream(rng)
-    k, b_mean, _ = _keras_stream(B, keras, batches, keras_momentum)
-    p = convert.momentum_keras_to_torch(keras_momentum)
-    t, _ = _torch_stream(torch, batches, p)
-    copied, _ = _torch_stream(torch, batches, keras_momentum)  # the number taken over unchanged
-    # each framework is within b_mean (accumulated float32 EMA bound) of the exact EMA: 2*b_mean apart
-    bound = 2 * b_mean
-    ok = verdict.within("keras_vs_torch_running_mean", k["mean"] - t["running_mean"], bound)
-    # power from torch alone (independent of the layer under test): the two momentum readings must be told apart
-    verdict.power("torch_momentum_copied_unchanged", t["running_mean"] - copied["running_mean"], bound)
-    exact, _ = reference.ema_stream(batches, keras_momentum, init_mean=0.0)
-    verdict.record(torch_momentum=p, steps=STEPS, keras_vs_float64=np.max(np.abs(k["mean"] - exact)),
-                   torch_vs_float64=np.max(np.abs(t["running_mean"] - exact)))
-    e = verdict.evidence["keras_vs_torch_running_mean"]
-    verdict.conclude(ok, f"Keras momentum {keras_momentum} vs torch.nn.BatchNorm1d momentum {p:.2g}: running means "
-                         f"{e['value']:.1e} apart after {STEPS} batches (bound {e['bound']:.1e}); torch with "
-                         f"momentum {keras_momentum} copied over is {verdict.evidence['torch_momentum_copied_unchanged']['value']:.2g} off")
-
-
-@pytest.mark.claim("X02")
-def test_running_variance_conventions(verdict, B, keras, torch, rng):
-    batches = _stream(rng)
-    k, _, b_k = _keras_stream(B, keras, batches, 0.9)
-    t, b_t = _torch_stream(torch, batches, 0.1)
-    want = M / (M - 1)
-    ratio = t["running_var"] / k["var"]
-    # Exact values: K = c + S, T = c + want*S with c = 0.9^STEPS (the initial variance 1, still in both)
-    # and S the EMA of the biased batch variances, so T/K = want - (want-1)*c/K. The float32 values are
-    # t = T + dt, k = K + dk (|dt| <= b_t, |dk| <= b_k), and t/k - T/K = dt/k - (T/K)*dk/k exactly, with
-    # T/K <= want: |ratio - want| <= (b_t + want*b_k)/k + (want-1)*c/(k - b_k).
-    c = 0.9**STEPS
-    tol = (b_t + want * b_k) / k["var"] + (want - 1) * c / (k["var"] - b_k)
-    ok = verdict.within("ratio_minus_m_over_m_minus_1", ratio - want, tol)
-    verdict.power("biased_alternative", np.full(UNITS, want - 1.0), tol)  # a torch tracking the biased variance
-    verdict.record(ratio_min=np.min(ratio), ratio_max=np.max(ratio), expected=want, steps=STEPS)
-    verdict.conclude(ok, f"torch.nn.BatchNorm1d running_var / Keras moving_variance = {np.min(ratio):.6f}.."
-                         f"{np.max(ratio):.6f} (m/(m-1) = {want:.6f}, tolerance {np.max(tol):.1e})")
-
-
 LAYOUTS = {"dense": (2, -1), "nchw": (4, 1), "nhwc": (4, -1)}  # rank, Keras axis
 
 
@@ -149,10 +110,65 @@ def _inference_bound(x, s, axis):
     return b_k + b_t + U * spread
 
 
+def _state_effect(x, s, d_mean, d_var):
+    """First-order bound on how much an inference output moves when the state's mean moves by d_mean and
+    its variance by d_var: |gamma|/sqrt(var+eps) * (d_mean + |x - mean| * d_var / (2 (var+eps)))."""
+    inv = np.abs(s["gamma"]) / np.sqrt(s["var"] + s["eps"])
+    return inv * d_mean + np.abs(x - s["mean"]) * inv * d_var / (2 * (s["var"] + s["eps"]))
+
+
+@pytest.mark.claim("X01")
+@pytest.mark.parametrize("keras_momentum", [0.9, 0.99])
+def test_momentum_conventions(verdict, B, keras, torch, rng, keras_momentum):
+    """Keras' moving mean vs torch's BatchNorm1d running mean after 200 batches, torch's momentum 1 - Keras'."""
+    batches = _stream(rng)
+    k, b_mean, _ = _keras_stream(B, keras, batches, keras_momentum)
+    p = convert.momentum_keras_to_torch(keras_momentum)
+    t, _ = _torch_stream(torch, batches, p)
+    copied, _ = _torch_stream(torch, batches, keras_momentum)  # the number taken over unchanged
+    # each framework is within b_mean (accumulated float32 EMA bound) of the exact EMA: 2*b_mean apart
+    bound = 2 * b_mean
+    ok = verdict.within("keras_vs_torch_running_mean", k["mean"] - t["running_mean"], bound)
+    # power from torch alone (independent of the layer under test): the two momentum readings must be told
+    # apart; both are torch's own float32 running means (measured): 1x the bound
+    verdict.power("torch_momentum_copied_unchanged", t["running_mean"] - copied["running_mean"], bound, measured=True)
+    exact, _ = reference.ema_stream(batches, keras_momentum, init_mean=0.0)
+    verdict.record(torch_momentum=p, steps=STEPS, keras_vs_float64=np.max(np.abs(k["mean"] - exact)),
+                   torch_vs_float64=np.max(np.abs(t["running_mean"] - exact)))
+    verdict.conclude(ok, f"Keras momentum {keras_momentum} vs torch.nn.BatchNorm1d momentum {p:.2g}: running means "
+                         f"{probes.value_text(verdict, 'keras_vs_torch_running_mean', '.1e')} apart after {STEPS} "
+                         f"batches (bound {probes.bound_text(verdict, 'keras_vs_torch_running_mean')}); torch with "
+                         f"momentum {keras_momentum} copied over is "
+                         f"{probes.value_text(verdict, 'torch_momentum_copied_unchanged', '.2g')} off")
+
+
+@pytest.mark.claim("X02")
+def test_running_variance_conventions(verdict, B, keras, torch, rng):
+    """torch's running_var / Keras' moving_variance after 200 batches vs m/(m-1), within the derived bound."""
+    batches = _stream(rng)
+    k, _, b_k = _keras_stream(B, keras, batches, 0.9)
+    t, b_t = _torch_stream(torch, batches, 0.1)
+    want = M / (M - 1)
+    ratio = t["running_var"] / k["var"]
+    # Exact values: K = c + S, T = c + want*S with c = 0.9^STEPS (the initial variance 1, still in both)
+    # and S the EMA of the biased batch variances, so T/K = want - (want-1)*c/K. The float32 values are
+    # t = T + dt, k = K + dk (|dt| <= b_t, |dk| <= b_k), and t/k - T/K = dt/k - (T/K)*dk/k exactly, with
+    # T/K <= want: |ratio - want| <= (b_t + want*b_k)/k + (want-1)*c/(k - b_k).
+    c = 0.9**STEPS
+    tol = (b_t + want * b_k) / k["var"] + (want - 1) * c / (k["var"] - b_k)
+    ok = verdict.within("ratio_minus_m_over_m_minus_1", ratio - want, tol)
+    # a torch tracking the biased variance: ratio 1 exactly (its float32 ratio would itself sit within tol of 1)
+    verdict.power("biased_alternative", np.full(UNITS, want - 1.0), tol)
+    verdict.record(ratio_min=np.min(ratio), ratio_max=np.max(ratio), expected=want, steps=STEPS)
+    verdict.conclude(ok, f"torch.nn.BatchNorm1d running_var / Keras moving_variance = {np.min(ratio):.6f}.."
+                         f"{np.max(ratio):.6f} (m/(m-1) = {want:.6f}, tolerance {np.max(tol):.1e})")
+
+
 @pytest.mark.claim("X03")
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 @pytest.mark.parametrize("batch", [1, 60])
 def test_converted_state_same_inference(verdict, keras, torch, rng, batch, layout):
+    """Keras' inference output vs torch's BatchNorm1d/2d in eval() on the state convert.keras_to_torch gives."""
     rank, axis = LAYOUTS[layout]
     x = _x(rng, batch, layout)
     layer = probes.make_bn(keras, UNITS, rng, input_shape=(None,) + x.shape[1:], axis=axis)
@@ -166,25 +182,19 @@ def test_converted_state_same_inference(verdict, keras, torch, rng, batch, layou
     # the alternative: Keras' moving_variance copied as is into torch (eps 1e-5 instead of 1e-3)
     same_var = _torch_run(torch, _torch_bn(torch, rank, dict(t, running_var=s["var"])).eval(), x,
                           channels_last=layout == "nhwc")
-    # power from torch alone (never from the layer under test): the two conversions must be told apart
-    verdict.power("variance_copied_unchanged", y_torch - same_var, bound)
+    # power from torch alone (never from the layer under test): the two conversions must be told apart;
+    # both are torch's float32 outputs (measured): 1x the bound
+    verdict.power("variance_copied_unchanged", y_torch - same_var, bound, measured=True)
     verdict.record(torch_eps=t["eps"], keras_eps=s["eps"], torch_module=type(bn).__name__)
-    e = verdict.evidence
     verdict.conclude(ok, f"{layout}, batch {batch}: Keras vs {type(bn).__name__}.eval() on the converted state "
-                         f"{e['keras_vs_torch']['value']:.1e} (bound {e['keras_vs_torch']['bound']:.1e}); copying "
-                         f"moving_variance unchanged would be off by {e['variance_copied_unchanged']['value']:.1e}")
-
-
-def _state_effect(x, s, d_mean, d_var):
-    """First-order bound on how much an inference output moves when the state's mean moves by d_mean and
-    its variance by d_var: |gamma|/sqrt(var+eps) * (d_mean + |x - mean| * d_var / (2 (var+eps)))."""
-    inv = np.abs(s["gamma"]) / np.sqrt(s["var"] + s["eps"])
-    return inv * d_mean + np.abs(x - s["mean"]) * inv * d_var / (2 * (s["var"] + s["eps"]))
+                         f"{probes.within_text(verdict, 'keras_vs_torch', '.1e')}; copying moving_variance unchanged "
+                         f"would be off by {probes.value_text(verdict, 'variance_copied_unchanged', '.1e')}")
 
 
 @pytest.mark.claim("X04")
 @pytest.mark.parametrize("phase", ["inference", "training_step"])
 def test_torch_batchnorm1d_matches(verdict, keras, torch, rng, phase):
+    """State round trip Keras -> torch -> Keras, then inference or one training step compared across both."""
     k_momentum, m = 0.9, M
     layer = probes.make_bn(keras, UNITS, rng, momentum=k_momentum)
     s = probes.bn_state(layer)
@@ -218,12 +228,12 @@ def test_torch_batchnorm1d_matches(verdict, keras, torch, rng, phase):
         ok &= verdict.within("torch_vs_keras_inference", y_t - y, b_kt)
         ok &= verdict.within("round_trip_vs_keras_inference", y_2 - y, b_kk)
         copied = _torch_run(torch, _torch_bn(torch, 2, dict(convert.keras_to_torch(s), running_var=s["var"])).eval(), x)
-        verdict.power("variance_copied_unchanged", copied - y_t, b_kt)  # torch vs torch: independent of Keras
-        e = verdict.evidence
-        verdict.conclude(ok, f"inference: torch {e['torch_vs_keras_inference']['value']:.1e}, round-tripped Keras "
-                             f"{e['round_trip_vs_keras_inference']['value']:.1e} from the original "
-                             f"(bounds {e['torch_vs_keras_inference']['bound']:.1e}, "
-                             f"{e['round_trip_vs_keras_inference']['bound']:.1e})")
+        # torch vs torch, both measured float32 outputs: independent of Keras, 1x the bound
+        verdict.power("variance_copied_unchanged", copied - y_t, b_kt, measured=True)
+        verdict.conclude(ok, f"inference: torch {probes.value_text(verdict, 'torch_vs_keras_inference', '.1e')}, "
+                             f"round-tripped Keras {probes.value_text(verdict, 'round_trip_vs_keras_inference', '.1e')} "
+                             f"from the original (bounds {probes.bound_text(verdict, 'torch_vs_keras_inference')}, "
+                             f"{probes.bound_text(verdict, 'round_trip_vs_keras_inference')})")
         return
 
     # one training step of each framework on the same batch, from the converted states
@@ -247,7 +257,9 @@ def test_torch_batchnorm1d_matches(verdict, keras, torch, rng, phase):
     b_v = ev + ev_t + k_momentum * U * (s["var"] + eps_k)
     ok &= verdict.within("running_var_torch_vs_keras_minus_conventions",
                          (t1["running_var"] + eps_t - eps_k - k1["var"]) - offset, b_v)
-    verdict.power("conventions_offset", offset, b_v)  # torch's state differs from Keras' measurably after a step
+    # torch's state differs from Keras' measurably after a step: the offset is exact (float64), the
+    # alternative "no offset" (0) too
+    verdict.power("conventions_offset", offset, b_v)
     # (3) training-mode outputs: each normalises with the batch variance and its own eps, so exactly
     # y_K - beta = (y_T - beta) * sqrt((var_B + eps_T)/(var_B + eps_K)); float32: each side's bn_bound
     f = np.sqrt((bvar + eps_t) / (bvar + eps_k))
@@ -268,11 +280,12 @@ def test_torch_batchnorm1d_matches(verdict, keras, torch, rng, phase):
     b_inf = 2 * reference.bn_bound(x2, k1["gamma"], k1["beta"], k1["mean"], k1["var"], k1["eps"]) + \
         _state_effect(x2, k1, 2 * em, d_var1)
     ok &= verdict.within("round_trip_inference_after_step", yi_2 - yi, b_inf)
-    e = verdict.evidence
     verdict.conclude(ok, "one training step from the converted states: running means "
-                         f"{e['running_mean_torch_vs_keras']['value']:.1e} apart; running variances apart by the "
-                         f"conventions' (1-k)(var_B/(m-1) - (eps_K - eps_T)) = up to {e['conventions_offset']['value']:.1e}, "
-                         f"to {e['running_var_torch_vs_keras_minus_conventions']['value']:.1e}; training outputs apart only "
-                         "through eps; the round-tripped Keras layer matches the original in outputs (both modes) "
-                         f"and moving statistics (variance {e['round_trip_moving_variance']['value']:.1e}, "
-                         f"bound {e['round_trip_moving_variance']['bound']:.1e})")
+                         f"{probes.value_text(verdict, 'running_mean_torch_vs_keras', '.1e')} apart; running variances "
+                         "apart by the conventions' (1-k)(var_B/(m-1) - (eps_K - eps_T)) = up to "
+                         f"{probes.value_text(verdict, 'conventions_offset', '.1e')}, to "
+                         f"{probes.value_text(verdict, 'running_var_torch_vs_keras_minus_conventions', '.1e')}; training "
+                         "outputs apart only through eps; the round-tripped Keras layer matches the original in outputs "
+                         "(both modes) and moving statistics (variance "
+                         f"{probes.value_text(verdict, 'round_trip_moving_variance', '.1e')}, "
+                         f"bound {probes.bound_text(verdict, 'round_trip_moving_variance')})")

@@ -22,6 +22,9 @@ from tests.claims import _kit as probes
 from bnspec.measure.backend import to_numpy
 from bnspec.subjects.model import KINDS, NOTEBOOK_HARDCODED_LAYERS, ModelSpec, bn_layers, build, compile_model, dense_layers
 
+
+# --------------------------------------------------------------------------- helpers
+
 BATCH = 60
 SINGLES = 10  # single-example batches per test of the hard-coded model
 
@@ -100,89 +103,6 @@ def _first_bn_update(model, x):
             {"mean": b_mean + (1 - momentum) * d_mean, "var": b_var + (1 - momentum) * d_var}, s, bn)
 
 
-@pytest.mark.claim("M01")
-@pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("entry", probes.INFERENCE_ENTRIES)
-def test_inference_entry_points_change_nothing(verdict, keras, rng, batch, entry, kind):
-    _, same = _run(verdict, _model(keras, rng, kind=kind), entry, *batch)
-    ev = verdict.evidence
-    verdict.conclude(all(same.values()),
-                     f"largest change: moving {ev['moving_unchanged']['value']:.2e}, gamma/beta "
-                     f"{ev['gamma_beta_unchanged']['value']:.2e}, kernels {ev['kernels_unchanged']['value']:.2e} "
-                     "(all finite; unchanged means bitwise)")
-
-
-@pytest.mark.claim("M02")
-@pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("entry", probes.TRAINING_ENTRIES)
-def test_training_entry_points_change_state(verdict, keras, rng, batch, entry, kind):
-    _, same = _run(verdict, _model(keras, rng, kind=kind), entry, *batch)
-    kernels_must_move = entry != "call_training_true"
-    ok = not same["moving"] and (not same["kernels"] or not kernels_must_move)
-    ev = verdict.evidence
-    verdict.conclude(ok, f"moving statistics changed by {ev['moving_unchanged']['value']:.2e}, kernels by "
-                         f"{ev['kernels_unchanged']['value']:.2e} (new values finite)")
-
-
-@pytest.mark.claim("N02")
-@pytest.mark.parametrize("entry", ["predict", "call"])
-@pytest.mark.parametrize("batch_size", [1, 60])
-def test_inference_updates_moving_statistics_when_trainable(verdict, keras, rng, batch, entry, batch_size):
-    model = _model(keras, rng)
-    assert all(layer.trainable for layer in bn_layers(model))
-    x, y = batch
-    _, same = _run(verdict, model, entry, x[:batch_size], y[:batch_size])
-    change = verdict.evidence["moving_unchanged"]["value"]
-    verdict.mechanism("moving_unchanged", same["moving"],
-                      f"moving statistics finite and {'bitwise unchanged' if same['moving'] else f'changed by {change:.2e}'}")
-    verdict.conclude(not same["moving"], f"{entry} on {batch_size} example(s), trainable=True: moving statistics "
-                                         f"{'bitwise unchanged' if same['moving'] else f'changed by {change:.2e}'}")
-
-
-@pytest.mark.claim("N04")
-@pytest.mark.parametrize("entry", [e for e in probes.INFERENCE_ENTRIES if e != "call_training_false"]
-                         + ["fit", "train_on_batch"])
-def test_training_flag_is_set_automatically(verdict, keras, device, rng, batch, entry):
-    model = _model(keras, rng)
-    x, y = batch
-    layers = probes.mlp_reference_layers(model)
-    ref_logits, bound = reference.mlp_inference(x, layers)
-    alt_logits = reference.mlp_training(x, layers)  # what training mode would give
-    if entry in ("fit", "train_on_batch"):
-        # training mode <=> the first BN layer's moving statistics take one EMA step towards the batch
-        # statistics of its input (claim K03); the inference alternative leaves them where they are
-        want, tol, s, bn = _first_bn_update(model, x)
-        verdict.power("no_update_alternative_mean", s["mean"] - want["mean"], 2 * tol["mean"])
-        _, same = _run(verdict, model, entry, x, y)
-        after = probes.bn_state(bn)
-        ok_mean = verdict.within("first_bn_moving_mean_vs_batch_update", after["mean"] - want["mean"], tol["mean"])
-        ok_var = verdict.within("first_bn_moving_variance_vs_batch_update", after["var"] - want["var"], tol["var"])
-        ev = verdict.evidence
-        verdict.conclude(not same["moving"] and ok_mean and ok_var,
-                         f"{entry}: moving statistics changed by {ev['moving_unchanged']['value']:.2e}; the first BN "
-                         f"layer's moving mean is within {ev['first_bn_moving_mean_vs_batch_update']['ratio']} x its "
-                         f"bound of one update with the batch statistics")
-        return
-    # The test must be able to tell the two modes apart, or its verdict means nothing:
-    verdict.power("training_mode_alternative", alt_logits - ref_logits, 2 * bound)
-    out = probes.run_entry(model, entry, x, y)
-    if entry in probes.LOSS_ENTRIES:
-        ref, per = _loss_reference(ref_logits, bound, y)
-        tol = _mean_loss_bound(ref, per)
-        alt = reference.softmax_cross_entropy(alt_logits, y).mean()
-        verdict.power("training_mode_loss_alternative", alt - ref.mean(), 2 * tol)
-        ok = verdict.within("loss_vs_inference_reference", out - ref.mean(), tol)
-        verdict.record(loss=out, reference_inference_loss=ref.mean(), training_mode_loss=alt)
-        verdict.conclude(ok, f"loss {out:.6f} vs inference-mode reference {ref.mean():.6f} (bound {tol:.1e}); "
-                             f"training mode would give {alt:.6f}")
-        return
-    ok = verdict.within("logits_vs_inference_reference", out - ref_logits, bound)
-    ev = verdict.evidence
-    verdict.conclude(ok, f"max |logits - inference-mode reference| = {ev['logits_vs_inference_reference']['value']:.2e} "
-                         f"(worst ratio to its bound {ev['logits_vs_inference_reference']['ratio']}); training mode "
-                         f"would differ by {ev['training_mode_alternative']['value']:.2f}")
-
-
 def _hardcoded(model):
     layers = bn_layers(model)
     return [layers[i] for i in NOTEBOOK_HARDCODED_LAYERS]
@@ -193,14 +113,101 @@ def _mode_references(verdict, model, x):
     bound, after checking that the two references are told apart on these rows."""
     inf_logits, inf_bound = reference.mlp_inference(x, probes.mlp_reference_layers(model))
     col_logits, col_bound = probes.collapsed_logits(model), probes.collapse_bound(model)
-    verdict.power("inference_vs_collapsed_reference", inf_logits - col_logits, inf_bound + col_bound)
+    # the bound sums both references' bounds (each mode's own rounding): 1x
+    verdict.power("inference_vs_collapsed_reference", inf_logits - col_logits, inf_bound + col_bound, measured=True)
     return inf_logits, inf_bound, col_logits, col_bound
+
+
+@pytest.mark.claim("M01")
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("entry", probes.INFERENCE_ENTRIES)
+def test_inference_entry_points_change_nothing(verdict, keras, rng, batch, entry, kind):
+    """Kernels, gamma/beta and moving statistics bitwise unchanged by one call of an inference entry point."""
+    _, same = _run(verdict, _model(keras, rng, kind=kind), entry, *batch)
+    verdict.conclude(all(same.values()),
+                     f"largest change: moving {probes.value_text(verdict, 'moving_unchanged')}, gamma/beta "
+                     f"{probes.value_text(verdict, 'gamma_beta_unchanged')}, kernels "
+                     f"{probes.value_text(verdict, 'kernels_unchanged')} (all finite; unchanged means bitwise)")
+
+
+@pytest.mark.claim("M02")
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("entry", probes.TRAINING_ENTRIES)
+def test_training_entry_points_change_state(verdict, keras, rng, batch, entry, kind):
+    """Moving statistics, and kernels except under model(x, training=True), changed by a training entry point."""
+    _, same = _run(verdict, _model(keras, rng, kind=kind), entry, *batch)
+    kernels_must_move = entry != "call_training_true"
+    ok = not same["moving"] and (not same["kernels"] or not kernels_must_move)
+    verdict.conclude(ok, f"moving statistics changed by {probes.value_text(verdict, 'moving_unchanged')}, kernels by "
+                         f"{probes.value_text(verdict, 'kernels_unchanged')} (new values finite)")
+
+
+@pytest.mark.claim("N02")
+@pytest.mark.parametrize("entry", ["predict", "call"])
+@pytest.mark.parametrize("batch_size", [1, 60])
+def test_inference_updates_moving_statistics_when_trainable(verdict, keras, rng, batch, entry, batch_size):
+    """Whether predict or model(x) on 1 or 60 examples changes the moving statistics of trainable BN layers."""
+    model = _model(keras, rng)
+    assert all(layer.trainable for layer in bn_layers(model))
+    x, y = batch
+    _, same = _run(verdict, model, entry, x[:batch_size], y[:batch_size])
+    change = probes.value_text(verdict, "moving_unchanged")
+    verdict.mechanism("moving_unchanged", same["moving"],
+                      f"moving statistics finite and {'bitwise unchanged' if same['moving'] else f'changed by {change}'}")
+    verdict.conclude(not same["moving"], f"{entry} on {batch_size} example(s), trainable=True: moving statistics "
+                                         f"{'bitwise unchanged' if same['moving'] else f'changed by {change}'}")
+
+
+@pytest.mark.claim("N04")
+@pytest.mark.parametrize("entry", [e for e in probes.INFERENCE_ENTRIES if e != "call_training_false"]
+                         + ["fit", "train_on_batch"])
+def test_training_flag_is_set_automatically(verdict, keras, device, rng, batch, entry):
+    """Each entry point's mode unasked: outputs vs the inference reference, or fit's first BN update vs an EMA step."""
+    model = _model(keras, rng)
+    x, y = batch
+    layers = probes.mlp_reference_layers(model)
+    ref_logits, bound = reference.mlp_inference(x, layers)
+    alt_logits = reference.mlp_training(x, layers)  # what training mode would give
+    if entry in ("fit", "train_on_batch"):
+        # training mode <=> the first BN layer's moving statistics take one EMA step towards the batch
+        # statistics of its input (claim K03); the inference alternative leaves them where they are
+        want, tol, s, bn = _first_bn_update(model, x)
+        verdict.power("no_update_alternative_mean", s["mean"] - want["mean"], tol["mean"])
+        _, same = _run(verdict, model, entry, x, y)
+        after = probes.bn_state(bn)
+        ok_mean = verdict.within("first_bn_moving_mean_vs_batch_update", after["mean"] - want["mean"], tol["mean"])
+        ok_var = verdict.within("first_bn_moving_variance_vs_batch_update", after["var"] - want["var"], tol["var"])
+        verdict.conclude(not same["moving"] and ok_mean and ok_var,
+                         f"{entry}: moving statistics changed by {probes.value_text(verdict, 'moving_unchanged')}; the "
+                         f"first BN layer's moving mean is within "
+                         f"{probes.ratio_text(verdict, 'first_bn_moving_mean_vs_batch_update')} x its bound of one "
+                         "update with the batch statistics")
+        return
+    # The test must be able to tell the two modes apart, or its verdict means nothing:
+    verdict.power("training_mode_alternative", alt_logits - ref_logits, bound)
+    out = probes.run_entry(model, entry, x, y)
+    if entry in probes.LOSS_ENTRIES:
+        ref, per = _loss_reference(ref_logits, bound, y)
+        tol = _mean_loss_bound(ref, per)
+        alt = reference.softmax_cross_entropy(alt_logits, y).mean()
+        verdict.power("training_mode_loss_alternative", alt - ref.mean(), tol)
+        ok = verdict.within("loss_vs_inference_reference", out - ref.mean(), tol)
+        verdict.record(loss=out, reference_inference_loss=ref.mean(), training_mode_loss=alt)
+        verdict.conclude(ok, f"loss {out:.6f} vs inference-mode reference {ref.mean():.6f} (bound {tol:.1e}); "
+                             f"training mode would give {alt:.6f}")
+        return
+    ok = verdict.within("logits_vs_inference_reference", out - ref_logits, bound)
+    verdict.conclude(ok, "max |logits - inference-mode reference| = "
+                         f"{probes.value_text(verdict, 'logits_vs_inference_reference')} (worst ratio to its bound "
+                         f"{probes.ratio_text(verdict, 'logits_vs_inference_reference')}); training mode would differ by "
+                         f"{probes.value_text(verdict, 'training_mode_alternative', '.2f')}")
 
 
 @pytest.mark.claim("N05")
 @pytest.mark.parametrize("kind", ["functional", "subclassed"])
 @pytest.mark.parametrize("entry", probes.INFERENCE_ENTRIES)
 def test_hardcoded_training_flag_wins(verdict, keras, rng, batch, entry, kind):
+    """Inference entry points on single examples of the hard-coded model: statistics, and outputs vs both modes."""
     model = _model(keras, rng, kind=kind, hardcoded_training=True)
     x, y = batch[0][:SINGLES], batch[1][:SINGLES]
     hard = _hardcoded(model)  # the notebook hard-coded its 2nd and 3rd BN layers
@@ -221,7 +228,7 @@ def test_hardcoded_training_flag_wins(verdict, keras, rng, batch, entry, kind):
         col_rows = np.repeat(col_logits, SINGLES, axis=0)  # the collapsed logits, the same for every example
         col_loss, col_tol = _single_losses(col_rows, np.broadcast_to(col_bound, col_rows.shape), y)
         inf_loss, inf_tol = _single_losses(inf_logits, inf_bound, y)
-        verdict.power("inference_vs_collapsed_loss", inf_loss - col_loss, inf_tol + col_tol)
+        verdict.power("inference_vs_collapsed_loss", inf_loss - col_loss, inf_tol + col_tol, measured=True)  # both bounds
         collapsed = verdict.within("loss_vs_collapsed_reference", losses - col_loss, col_tol)
         as_inference = verdict.within("loss_vs_inference_reference", losses - inf_loss, inf_tol)
         what = "losses"
@@ -239,6 +246,7 @@ def test_hardcoded_training_flag_wins(verdict, keras, rng, batch, entry, kind):
 @pytest.mark.claim("N07")
 @pytest.mark.parametrize("kind", ["functional", "subclassed"])
 def test_hardcoded_model_ignores_training_argument(verdict, keras, rng, batch, kind):
+    """model(x, training=True) vs training=False on single examples of the hard-coded model, against both modes."""
     model = _model(keras, rng, kind=kind, hardcoded_training=True)
     hard = _hardcoded(model)
     x = batch[0][:SINGLES]
@@ -253,7 +261,7 @@ def test_hardcoded_model_ignores_training_argument(verdict, keras, rng, batch, k
         after.append(probes.moving_state(hard))
         on.append(to_numpy(model(x[i : i + 1], training=True), np.float64))
     on, off, inf, inf_b = (np.concatenate(a) for a in (on, off, inf, inf_b))
-    verdict.power("inference_vs_collapsed_reference", inf - col_logits, inf_b + col_bound)
+    verdict.power("inference_vs_collapsed_reference", inf - col_logits, inf_b + col_bound, measured=True)  # both bounds
     hard_unchanged = verdict.equal("hardcoded_layers_moving_unchanged_by_training_false",
                                    np.concatenate(before), np.concatenate(after))
     agree = verdict.within("training_true_vs_false", on - off, col_bound)
@@ -267,6 +275,7 @@ def test_hardcoded_model_ignores_training_argument(verdict, keras, rng, batch, k
     # holds only with the mechanism that makes it hold: both calls collapsed (hard-coded layers in training mode)
     verdict.conclude(agree and on_collapsed and off_collapsed and not hard_unchanged,
                      f"{kind}: model(x, training=True) vs training=False on single examples differ by "
-                     f"{verdict.evidence['training_true_vs_false']['ratio']} x the collapse bound ({col_bound.max():.1e}); "
+                     f"{probes.ratio_text(verdict, 'training_true_vs_false')} x the collapse bound "
+                     f"({col_bound.max():.1e}); "
                      f"training=False {'collapses' if off_collapsed else 'does not collapse'} to the training-mode "
                      f"reference and {'equals' if off_inference else 'does not equal'} the inference-mode one")

@@ -9,7 +9,6 @@ bitwise (verdict.equal); a non-finite measurement is an error unless the claim i
 (C05 counts NaN outputs)."""
 
 import math
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -21,17 +20,7 @@ from bnspec.measure.verdict import finite
 from bnspec.reference import U32
 
 
-def _ops(keras):
-    """keras.ops, or the two ops these tests need from TensorFlow on tf_keras (Keras 2 has no keras.ops)."""
-    if hasattr(keras, "ops"):
-        return keras.ops
-    import tensorflow as tf
-
-    return SimpleNamespace(convert_to_tensor=tf.convert_to_tensor, sum=lambda x: tf.reduce_sum(x))
-
-
-def _a(x) -> np.ndarray:
-    return to_numpy(x).astype(np.float64)
+# --------------------------------------------------------------------------- helpers
 
 
 def _precondition(verdict, ok: bool, why: str) -> None:
@@ -40,13 +29,7 @@ def _precondition(verdict, ok: bool, why: str) -> None:
         pytest.fail(f"{verdict.claim.id}: the experiment did not run as designed: {why}", pytrace=False)
 
 
-def _ratio(verdict, name: str) -> float:
-    r = verdict.evidence[name]["ratio"]
-    return float("inf") if isinstance(r, str) else r
-
-
-# --------------------------------------------------------------------------- C03
-
+# C03: a subclassed model that may not forward `training` to its BN
 
 def _subclassed(keras, forward: bool):
     class DenseBN(keras.Model):
@@ -62,9 +45,39 @@ def _subclassed(keras, forward: bool):
     return DenseBN()
 
 
+# C13: a model torch's train()/eval() reach
+
+def _torch_model(keras, bn, kind: str, features: int):
+    if kind == "sequential":
+        return keras.Sequential([keras.Input((features,)), bn])
+
+    class Wrapper(keras.Model):  # a subclassed model: its BN is a torch child module, so train()/eval() reach it
+        def __init__(self):
+            super().__init__()
+            self.bn = bn
+
+        def call(self, x, training=None):
+            return self.bn(x, training=training)
+
+    return Wrapper()
+
+
+# C14
+
+SHAPES = {  # name -> (input shape, axis), E02's (less 60x100: 7x3 covers dense inputs, and jax.grad is slow)
+    "7x3": ((7, 3), -1),
+    "nhwc_axis-1": ((8, 4, 4, 6), -1),
+    "nchw_axis1": ((8, 6, 4, 4), 1),
+}
+
+
+# --------------------------------------------------------------------------- C03
+
+
 @pytest.mark.claim("C03")
 @pytest.mark.parametrize("forwarding", ("none", "explicit"))
 def test_fit_trains_an_unforwarded_bn(verdict, keras, rng, forwarding):
+    """Moving statistics after fit() with `training` forwarded to BN or not, vs dense(x)'s batch statistics."""
     n, k = 16, 4
     x = (3.0 + rng.normal(0, 1, (n, k))).astype(np.float32)  # mean 3: the batch mean of dense(x) is far from 0
     y = rng.normal(0, 1, (n, 3)).astype(np.float32)
@@ -74,14 +87,14 @@ def test_fit_trains_an_unforwarded_bn(verdict, keras, rng, forwarding):
     # seeded Dense weights (Keras' initialisers are not seeded here): the same numbers every run
     model.dense.kernel.assign(rng.normal(0, 1, (k, 3)).astype(np.float32))
     model.dense.bias.assign(rng.normal(0, 1, 3).astype(np.float32))
-    w0, b0 = _a(model.dense.kernel), _a(model.dense.bias)
-    mm0, mv0 = _a(bn.moving_mean), _a(bn.moving_variance)
+    w0, b0 = probes.f64(model.dense.kernel), probes.f64(model.dense.bias)
+    mm0, mv0 = probes.f64(bn.moving_mean), probes.f64(bn.moving_variance)
     model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.0), loss="mse")
     loss = float(model.fit(x, y, batch_size=n, epochs=1, shuffle=False, verbose=0).history["loss"][0])
     # learning rate 0: w - 0*g is w bitwise, so dense(x) during fit() is recomputable from the final weights
-    _precondition(verdict, verdict.equal("kernel_unchanged", w0, _a(model.dense.kernel))
-                  and verdict.equal("bias_unchanged", b0, _a(model.dense.bias)), "SGD(0.0) changed the Dense layer")
-    mm, mv = _a(bn.moving_mean), _a(bn.moving_variance)
+    _precondition(verdict, verdict.equal("kernel_unchanged", w0, probes.f64(model.dense.kernel))
+                  and verdict.equal("bias_unchanged", b0, probes.f64(model.dense.bias)), "SGD(0.0) changed the Dense layer")
+    mm, mv = probes.f64(bn.moving_mean), probes.f64(bn.moving_variance)
 
     # dense(x) in float64 and the float32 layer's error: a length-k dot product and the bias add round at most
     # k + 1 times, |dh| <= (k+1) u (|x| @ |W| + |b|) (Higham 3.1, recursive summation)
@@ -95,7 +108,7 @@ def test_fit_trains_an_unforwarded_bn(verdict, keras, rng, forwarding):
     b_var = b_var + 2 * (np.abs(h - mean) * dh).mean(axis=0) + (dh**2).mean(axis=0)
     ok = verdict.within("moving_mean_vs_batch_mean", mm - mean, b_mean)
     ok &= verdict.within("moving_var_vs_batch_var", mv - var, b_var)
-    # the alternative (BN left in inference mode): statistics still 0 and 1
+    # the alternative (BN left in inference mode): statistics still 0 and 1 (exact)
     verdict.power("inference_mode_alternative", mean - mm0, b_mean)
 
     # mechanism of the refutation: BN ran in inference mode under fit(): its statistics are bitwise the
@@ -116,10 +129,10 @@ def test_fit_trains_an_unforwarded_bn(verdict, keras, rng, forwarding):
     verdict.mechanism("moving_unchanged", unchanged and inference_loss,
                       f"moving statistics bitwise unchanged: {unchanged}; fit() loss {loss:.6g} vs inference-mode "
                       f"MSE {loss_inf:.6g} (bound {b_loss:.2g}): {inference_loss}")
-    e = verdict.evidence
-    verdict.conclude(ok, f"forwarding={forwarding}: moving mean {e['moving_mean_vs_batch_mean']['ratio']:.3g} x its "
-                         f"bound from the batch mean of dense(x) ({e['inference_mode_alternative']['value']:.3g} from "
-                         f"the initial 0); fit() loss {loss:.4g}, inference-mode MSE {loss_inf:.4g}")
+    verdict.conclude(ok, f"forwarding={forwarding}: moving mean {probes.ratio_text(verdict, 'moving_mean_vs_batch_mean')} "
+                         "x its bound from the batch mean of dense(x) "
+                         f"({probes.value_text(verdict, 'inference_mode_alternative', '.3g')} from the initial 0); fit() "
+                         f"loss {loss:.4g}, inference-mode MSE {loss_inf:.4g}")
 
 
 # --------------------------------------------------------------------------- C05
@@ -129,13 +142,14 @@ def test_fit_trains_an_unforwarded_bn(verdict, keras, rng, forwarding):
 @pytest.mark.parametrize("synchronized", (False, True))
 @pytest.mark.parametrize("ratio", (10, 100, 1000, 10000))
 def test_batch_variance_accurate_for_large_means(verdict, keras, backend_name, rng, ratio, synchronized):
+    """Batch variance of inputs with |mean|/std up to 10^4 vs the two-pass float32 bound; non-finite outputs."""
     if synchronized and backend_name != "tensorflow":
         pytest.skip(f"synchronized=True is TensorFlow-only: Keras raises on the {backend_name} backend")
     n, features = 64, 32
     x = (ratio + rng.normal(0, 1, (n, features))).astype(np.float32)  # |mean| / std = ratio
     bn = keras.layers.BatchNormalization(momentum=0.0, synchronized=synchronized)
     y = bn(x, training=True)
-    v = _a(bn.moving_variance)  # momentum 0: exactly the batch variance (0*old + 1*var)
+    v = probes.f64(bn.moving_variance)  # momentum 0: exactly the batch variance (0*old + 1*var)
     x64 = x.astype(np.float64)
     mean, var = reference.batch_stats(x64)
     # two-pass in float32 (recursive sums, Higham 1.9 / 3.1): the mean is n roundings off, dm <= n u mean|x|;
@@ -148,7 +162,7 @@ def test_batch_variance_accurate_for_large_means(verdict, keras, backend_name, r
     ok = two_pass and bad == 0
     # the alternative: numpy's float32 one-pass E[x^2] - E[x]^2 on the same data must be outside the bound
     one_pass = np.mean(np.square(x), axis=0, dtype=np.float32) - np.square(np.mean(x, axis=0, dtype=np.float32))
-    verdict.power("numpy_one_pass_alternative", one_pass.astype(np.float64) - var, b_two)
+    verdict.power("numpy_one_pass_alternative", one_pass.astype(np.float64) - var, b_two, measured=True)  # float32
     # mechanism: the error is one-pass cancellation. E[x^2] rounds (n + 1) times, E[x]^2 carries
     # 2n u m^2 + u m^2, the subtraction u var (a clamp at 0 moves the result by < its error): with m^2, var
     # <= E[x^2], |err| <= (3n + 3) u E[x^2]
@@ -156,36 +170,22 @@ def test_batch_variance_accurate_for_large_means(verdict, keras, backend_name, r
     cancellation = verdict.within("variance_vs_one_pass_bound", v - var, b_one)
     verdict.mechanism("one_pass_cancellation", cancellation and not two_pass,
                       f"variance error within the one-pass bound: {cancellation}, beyond the two-pass bound "
-                      f"({_ratio(verdict, 'variance_vs_two_pass_bound'):.3g} x)")
+                      f"({probes.ratio_text(verdict, 'variance_vs_two_pass_bound')} x)")
     rel = np.abs(finite("moving_variance", v) - var) / var
     verdict.record(max_relative_error=float(np.max(rel)), min_variance=float(np.min(v)))
     verdict.conclude(ok, f"|mean|/std = {ratio}: variance off by {np.max(rel):.3g} relative "
-                         f"({_ratio(verdict, 'variance_vs_two_pass_bound'):.3g} x the two-pass bound), "
+                         f"({probes.ratio_text(verdict, 'variance_vs_two_pass_bound')} x the two-pass bound), "
                          f"{bad} non-finite outputs")
 
 
 # --------------------------------------------------------------------------- C13
 
 
-def _torch_model(keras, bn, kind: str, features: int):
-    if kind == "sequential":
-        return keras.Sequential([keras.Input((features,)), bn])
-
-    class Wrapper(keras.Model):  # a subclassed model: its BN is a torch child module, so train()/eval() reach it
-        def __init__(self):
-            super().__init__()
-            self.bn = bn
-
-        def call(self, x, training=None):
-            return self.bn(x, training=training)
-
-    return Wrapper()
-
-
 @pytest.mark.claim("C13")
 @pytest.mark.parametrize("kind", ("sequential", "subclassed"))
 @pytest.mark.parametrize("switch", ("train", "eval"))
 def test_torch_module_mode_is_ignored(verdict, keras, backend_name, rng, switch, kind):
+    """After torch's model.train() or eval(): outputs and statistics follow Keras' `training`, not torch's flag."""
     if backend_name != "torch":
         pytest.skip(f"torch.nn.Module.train()/eval(): torch-specific (this run's backend is {backend_name})")
     momentum, features = 0.5, 5
@@ -202,7 +202,7 @@ def test_torch_module_mode_is_ignored(verdict, keras, backend_name, rng, switch,
     _precondition(verdict, model.training is flag and (kind == "sequential" or bn.training is flag),
                   f"model.{switch}() did not set the torch flag (model {model.training}, BN {bn.training})")
     verdict.record(bn_torch_flag=bool(bn.training), model_torch_flag=bool(model.training))
-    y = _a(model(x)) if switch == "train" else _a(model(x, training=True))
+    y = probes.f64(model(x)) if switch == "train" else probes.f64(model(x, training=True))
     g, b, eps = s["gamma"], s["beta"], s["eps"]
     inf_ref = reference.bn_inference(x, g, b, s["mean"], s["var"], eps)
     inf_bound = reference.bn_bound(x, g, b, s["mean"], s["var"], eps)
@@ -212,7 +212,7 @@ def test_torch_module_mode_is_ignored(verdict, keras, backend_name, rng, switch,
     ref, bound, other = (inf_ref, inf_bound, tr_ref) if switch == "train" else (tr_ref, tr_bound, inf_ref)
     verdict.power("other_mode_reference", other - ref, bound)
     ok = verdict.within("output_vs_keras_mode_reference", y - ref, bound)
-    mm, mv = _a(bn.moving_mean), _a(bn.moving_variance)
+    mm, mv = probes.f64(bn.moving_mean), probes.f64(bn.moving_variance)
     if switch == "train":
         ok &= verdict.equal("moving_mean_unchanged", s["mean"], mm) & verdict.equal("moving_var_unchanged", s["var"], mv)
     else:
@@ -220,34 +220,23 @@ def test_torch_module_mode_is_ignored(verdict, keras, backend_name, rng, switch,
         ok &= verdict.within("moving_mean_vs_ema", mm - reference.ema(s["mean"], bmean, momentum), b_m)
         ok &= verdict.within("moving_var_vs_ema", mv - reference.ema(s["var"], bvar, momentum), b_v)
     verdict.conclude(ok, f"{kind} model.{switch}() (BN's torch flag {bn.training}): output "
-                         f"{_ratio(verdict, 'output_vs_keras_mode_reference'):.2g} x the bound of the "
+                         f"{probes.ratio_text(verdict, 'output_vs_keras_mode_reference', '.2g')} x the bound of the "
                          f"{'inference' if switch == 'train' else 'training'}-mode reference, the other mode "
-                         f"{verdict.evidence['other_mode_reference']['value']:.2g} away")
+                         f"{probes.value_text(verdict, 'other_mode_reference', '.2g')} away")
 
 
 # --------------------------------------------------------------------------- C14
-
-SHAPES = {  # name -> (input shape, axis), E02's (less 60x100: 7x3 covers dense inputs, and jax.grad is slow)
-    "7x3": ((7, 3), -1),
-    "nhwc_axis-1": ((8, 4, 4, 6), -1),
-    "nchw_axis1": ((8, 6, 4, 4), 1),
-}
-
-
-def _x(rng, shape, axis):
-    b = [1] * len(shape)
-    b[axis] = shape[axis]
-    return (rng.normal(0, 1, shape) * rng.uniform(0.5, 3, b) + rng.normal(0, 2, b)).astype(np.float32)
 
 
 @pytest.mark.claim("C14")
 @pytest.mark.parametrize("shape", list(SHAPES))
 def test_gradients_follow_the_paper(B, verdict, keras, rng, shape):
+    """dx, dgamma and dbeta of Keras' layer (the backend's autodiff) vs the paper's chain rule, in float64."""
     dims, axis = SHAPES[shape]
     bn = probes.make_bn(keras, dims[axis], rng, input_shape=(None,) + dims[1:], axis=axis)
     s = probes.bn_state(bn)
-    x, dy = _x(rng, dims, axis), rng.normal(0, 1, dims).astype(np.float32)
-    ops = _ops(keras)
+    x, dy = probes.feature_inputs(rng, dims, axis), rng.normal(0, 1, dims).astype(np.float32)
+    ops = probes.ops(keras)
     dy_t = ops.convert_to_tensor(dy)
     gx, (gg, gb) = B.gradients(lambda xt: ops.sum(bn(xt, training=True) * dy_t), x, [bn.gamma, bn.beta])
     ref = reference.bn_backward(dy, x, s["gamma"], s["eps"], axis=axis)
@@ -259,9 +248,9 @@ def test_gradients_follow_the_paper(B, verdict, keras, rng, shape):
     _, var = reference.batch_stats(x, axis)
     detached = reference.bn_inference(dy, s["gamma"], 0.0, 0.0, var, s["eps"], axis=axis)
     verdict.power("detached_statistics_alternative", detached - ref["x"], bound["x"])
-    worst = max(_ratio(verdict, f"d{p}_vs_paper") for p in ("x", "gamma", "beta"))
+    worst = max(probes.ratio(verdict, f"d{p}_vs_paper") for p in ("x", "gamma", "beta"))
     verdict.conclude(ok, f"{shape} on {B.name}: worst gradient error / float32 bound = {worst:.2g}; the detached "
-                         f"gradient is {verdict.evidence['detached_statistics_alternative']['value']:.2g} away")
+                         f"gradient is {probes.value_text(verdict, 'detached_statistics_alternative', '.2g')} away")
 
 
 # --------------------------------------------------------------------------- C19
@@ -271,6 +260,7 @@ def test_gradients_follow_the_paper(B, verdict, keras, rng, shape):
 @pytest.mark.parametrize("momentum", (0.0, 0.9))
 @pytest.mark.parametrize("rank", (2, 4))
 def test_biased_moving_variance_and_keras_ema(verdict, keras, rng, rank, momentum):
+    """Moving statistics after 1-3 calls vs Keras' EMA (momentum on the old value) of the biased batch variance."""
     features = 5
     dims = (8, features) if rank == 2 else (2, 2, 2, features)  # m = 8 per feature: m/(m-1) = 8/7
     m = int(np.prod(dims[:-1]))
@@ -281,7 +271,7 @@ def test_biased_moving_variance_and_keras_ema(verdict, keras, rng, rank, momentu
     var_u, mean_sw, var_sw = var, mean, var  # unbiased alternative; swapped convention (1-momentum on the old)
     b_mean = b_var = b_var_u = 0.0
     for _ in range(steps):
-        x = _x(rng, dims, -1)
+        x = probes.feature_inputs(rng, dims, -1)
         bm, bv = reference.ema_bounds(x, mean, var, momentum)
         # errors carried from earlier steps shrink by momentum, and each step adds its own (reference.ema_bounds)
         b_mean, b_var = b_mean * momentum + bm, b_var * momentum + bv
@@ -291,22 +281,22 @@ def test_biased_moving_variance_and_keras_ema(verdict, keras, rng, rank, momentu
         var_u = reference.ema(var_u, bvar * m / (m - 1), momentum)
         mean_sw, var_sw = reference.ema(mean_sw, bmean, 1 - momentum), reference.ema(var_sw, bvar, 1 - momentum)
         bn(x, training=True)
-    mm, mv = _a(bn.moving_mean), _a(bn.moving_variance)
+    mm, mv = probes.f64(bn.moving_mean), probes.f64(bn.moving_variance)
     ok = verdict.within("moving_mean_vs_keras_ema", mm - mean, b_mean)
     ok &= verdict.within("moving_var_vs_biased_keras_ema", mv - var, b_var)
-    verdict.power("unbiased_alternative", var_u - var, b_var)
+    # the unbiased EMA's own float32 error is b_var_u: the bound sums both computations' bounds
+    verdict.power("unbiased_alternative", var_u - var, b_var + b_var_u, measured=True)
     verdict.power("swapped_momentum_alternative", mean_sw - mean, b_mean)
     unbiased = verdict.within("moving_var_vs_unbiased_ema", mv - var_u, b_var_u)
-    ev = verdict.evidence["moving_var_vs_unbiased_ema"]
     verdict.mechanism("unbiased_moving_variance", unbiased,
-                      f"moving variance {ev['value']:.2g} from the EMA of m/(m-1) = {m / (m - 1):.4f} times the batch "
-                      f"variances (bound {ev['bound']:.2g})")
+                      f"moving variance {probes.value_text(verdict, 'moving_var_vs_unbiased_ema', '.2g')} from the EMA "
+                      f"of m/(m-1) = {m / (m - 1):.4f} times the batch variances (bound "
+                      f"{probes.bound_text(verdict, 'moving_var_vs_unbiased_ema', '.2g')})")
     verdict.record(steps=steps, elements_per_feature=m)
-    e = verdict.evidence
     verdict.conclude(ok, f"rank {rank}, momentum {momentum}, {steps} call(s): moving mean "
-                         f"{e['moving_mean_vs_keras_ema']['ratio']:.2g} x, variance "
-                         f"{e['moving_var_vs_biased_keras_ema']['ratio']:.2g} x the bound from the biased Keras EMA; "
-                         f"unbiased alternative {e['unbiased_alternative']['value']:.2g} away")
+                         f"{probes.ratio_text(verdict, 'moving_mean_vs_keras_ema', '.2g')} x, variance "
+                         f"{probes.ratio_text(verdict, 'moving_var_vs_biased_keras_ema', '.2g')} x the bound from the "
+                         f"biased Keras EMA; unbiased alternative {probes.value_text(verdict, 'unbiased_alternative', '.2g')} away")
 
 
 # --------------------------------------------------------------------------- C20
@@ -316,6 +306,7 @@ def test_biased_moving_variance_and_keras_ema(verdict, keras, rng, rank, momentu
 @pytest.mark.parametrize("rank", (2, 4))
 @pytest.mark.parametrize("offset", (0, 100, 10000, 100000))
 def test_inference_error_independent_of_offset(verdict, keras, rng, offset, rank):
+    """Inference output error with a moving mean of 0 to 1e5 vs the shift-safe rounding bound, flat in the mean."""
     features = 4
     dims = (256, features) if rank == 2 else (16, 4, 4, features)
     bn = keras.layers.BatchNormalization()  # gamma 1, beta 0, epsilon 1e-3 (no fused-kernel clamp)
@@ -325,7 +316,7 @@ def test_inference_error_independent_of_offset(verdict, keras, rng, offset, rank
     bn.moving_mean.assign(c)
     bn.moving_variance.assign(v)
     x = (offset + 0.01 * rng.normal(0, 1, dims)).astype(np.float32)
-    y = _a(bn(x, training=False))
+    y = probes.f64(bn(x, training=False))
     eps, one, zero = float(bn.epsilon), np.ones(features), np.zeros(features)
     c64, v64, x64 = c.astype(np.float64), v.astype(np.float64), x.astype(np.float64)
     ref = reference.bn_inference(x64, one, zero, c64, v64, eps)
@@ -341,16 +332,16 @@ def test_inference_error_independent_of_offset(verdict, keras, rng, offset, rank
     if offset:  # at c = 0 both orders round the same products: a control, nothing to tell apart
         x32, inv32 = x, np.float32(1.0) / np.sqrt(v + np.float32(eps))  # numpy float32, the product order
         y_prod = x32 * inv32 + (np.float32(0.0) - c * inv32)
-        verdict.power("product_order_alternative", y_prod.astype(np.float64) - ref, b_safe)
+        verdict.power("product_order_alternative", y_prod.astype(np.float64) - ref, b_safe, measured=True)  # float32
     verdict.mechanism("product_cancellation", in_prod and not ok,
                       f"error within the x*inv + (beta - mean*inv) bound: {in_prod}; beyond the shift-safe bound "
-                      f"({_ratio(verdict, 'error_vs_shift_safe_bound'):.3g} x)")
+                      f"({probes.ratio_text(verdict, 'error_vs_shift_safe_bound')} x)")
     err = np.abs(y - ref)
     verdict.record(max_abs_error=float(np.max(err)), output_std=float(np.std(ref)),
                    error_over_product_term=float(np.max(err) / (offset * float(inv[0]) * U32)) if offset else 0.0)
     verdict.conclude(ok, f"c = {offset:g}, rank {rank}: max |y - ref| = {np.max(err):.3g} "
-                         f"({_ratio(verdict, 'error_vs_shift_safe_bound'):.3g} x the shift-safe bound, "
-                         f"{_ratio(verdict, 'error_vs_product_order_bound'):.3g} x the product-order bound)")
+                         f"({probes.ratio_text(verdict, 'error_vs_shift_safe_bound')} x the shift-safe bound, "
+                         f"{probes.ratio_text(verdict, 'error_vs_product_order_bound')} x the product-order bound)")
 
 
 # --------------------------------------------------------------------------- C21
@@ -358,13 +349,14 @@ def test_inference_error_independent_of_offset(verdict, keras, rng, offset, rank
 
 @pytest.mark.claim("C21")
 def test_large_batch_statistics_float32_accurate(B, verdict, keras, device, rng):
+    """Mean and variance of 3.2 million values per channel (momentum 0) vs pairwise-summation float32 bounds."""
     shape = (64, 224, 224, 3)
     x = rng.random(shape, dtype=np.float32) * np.float32(255.0)  # 38.5 MB, uniform [0, 255]
     f = x.reshape(-1, 3)
     m = f.shape[0]  # 3,211,264 elements per channel
     bn = keras.layers.BatchNormalization(momentum=0.0)
     bn(x, training=True)
-    mm, mv = _a(bn.moving_mean), _a(bn.moving_variance)
+    mm, mv = probes.f64(bn.moving_mean), probes.f64(bn.moving_variance)
     # tf_keras' fused kernel stores the Bessel-corrected batch variance (K16): compare like with like
     bessel = m / (m - 1) if getattr(bn, "fused", False) else 1.0
     f64 = f.astype(np.float64)
@@ -388,7 +380,7 @@ def test_large_batch_statistics_float32_accurate(B, verdict, keras, device, rng)
     # the alternative: sequential (row-by-row) float32 summation of the same data, what numpy#11331 ran into
     seq_mean = np.cumsum(f, axis=0, dtype=np.float32)[-1] / np.float32(m)
     seq_var = np.cumsum(np.square(f - seq_mean), axis=0, dtype=np.float32)[-1] / np.float32(m)
-    verdict.power("sequential_sum_alternative", seq_mean.astype(np.float64) - mean, b_mean)
+    verdict.power("sequential_sum_alternative", seq_mean.astype(np.float64) - mean, b_mean, measured=True)  # float32
     # mechanisms: Keras 3 on TensorFlow: bitwise the sequential sums (tf.nn.moments' mean, then the mean of
     # squared deviations); tf_keras' fused kernel: beyond the pairwise bound, within recursive summation's
     # (m - 1 additions + the division: m u sum|x| / m for the mean, (3m + 3) u E[x^2] for the variance, as in
@@ -405,5 +397,5 @@ def test_large_batch_statistics_float32_accurate(B, verdict, keras, device, rng)
     verdict.record(elements_per_channel=m, mean_relative_error=float(rel_m), variance_relative_error=float(rel_v),
                    sequential_mean_relative_error=float(np.max(np.abs(seq_mean - mean) / mean)))
     verdict.conclude(ok, f"{m} elements per channel on {B.name}: mean off by {rel_m:.2g}, variance by {rel_v:.2g} "
-                         f"relative ({_ratio(verdict, 'mean_vs_pairwise_bound'):.2g} x and "
-                         f"{_ratio(verdict, 'variance_vs_pairwise_bound'):.2g} x the pairwise bounds)")
+                         f"relative ({probes.ratio_text(verdict, 'mean_vs_pairwise_bound', '.2g')} x and "
+                         f"{probes.ratio_text(verdict, 'variance_vs_pairwise_bound', '.2g')} x the pairwise bounds)")

@@ -13,21 +13,12 @@ import numpy as np
 import pytest
 
 from bnspec import reference
-from bnspec.measure.backend import to_numpy
 from tests.claims import _kit as probes
 from bnspec.measure.verdict import finite
 from bnspec.reference import U32
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _np(keras, value) -> np.ndarray:
-    """A float64 numpy copy of a tensor or a variable, 16-bit ones included (torch cannot hand a bfloat16
-    tensor to numpy, so Keras 3 values are cast to float32 first: exact for every 16-bit value)."""
-    if hasattr(keras, "ops"):  # Keras 3
-        return to_numpy(keras.ops.cast(value, "float32")).astype(np.float64)
-    return np.asarray(value.numpy(), np.float64)
 
 
 def _dtype_name(variable) -> str:
@@ -81,7 +72,7 @@ def _ema_bound(old, stat, d_stat, momentum):
     return 4 * U32 * (np.abs(old) + np.abs(stat)) + (1 - momentum) * d_stat
 
 
-# --------------------------------------------------------------------------- C06: 16-bit variables
+# C06: 16-bit variables
 
 C06_STEPS, C06_MOMENTUM, C06_UNITS = 300, 0.99, 8
 SIXTEEN_BIT_EPS = {"bfloat16": 2.0**-7, "float16": 2.0**-10}  # spacing of 1.0 (8 / 11 significant bits)
@@ -130,86 +121,7 @@ def _spacing16(values, dtype):
     return 2.0 ** np.floor(np.log2(v)) * SIXTEEN_BIT_EPS[dtype]
 
 
-@pytest.mark.claim("C06")
-@pytest.mark.parametrize("stream", ["moderate", "wide"])
-@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
-def test_16bit_policy_moving_statistics_converge(B, verdict, keras, rng, dtype, stream):
-    m = C06_MOMENTUM
-    x = _c06_batch(rng, stream)
-    layer = keras.layers.BatchNormalization(dtype=dtype, momentum=m)
-    layer.build((None, C06_UNITS))
-    start_mean, start_var = _np(keras, layer.moving_mean), _np(keras, layer.moving_variance)
-    step = B.function(lambda xb: layer(xb, training=True))
-    for _ in range(C06_STEPS):
-        step(x)
-    got_mean, got_var = _np(keras, layer.moving_mean), _np(keras, layer.moving_variance)
-    var_dtype = _dtype_name(layer.moving_variance)
-
-    # the exact EMA of a stationary stream: target + (start - target) * m^n
-    t_mean, t_var = reference.batch_stats(x)
-    decay = m**C06_STEPS
-    ema_mean, ema_var = t_mean + (start_mean - t_mean) * decay, t_var + (start_var - t_var) * decay
-    # float32 bound: the EMA stays between its start and its target, so every step adds at most
-    # reference.ema_bounds evaluated with |old| = max(|start|, |target|); earlier errors are multiplied by
-    # m at each step, so the total is at most one step's bound times sum(m^k) <= 1 / (1 - m)
-    b_mean, b_var = reference.ema_bounds(x, np.maximum(np.abs(start_mean), np.abs(t_mean)),
-                                         np.maximum(start_var, t_var), m)
-    b_mean, b_var = b_mean / (1 - m), b_var / (1 - m)
-    # the test's power: the exact EMA has left its start by more than the bound (a stalled layer shows)
-    verdict.power("ema_left_its_start", np.concatenate([ema_mean - start_mean, ema_var - start_var]),
-                  np.concatenate([b_mean, b_var]))
-
-    n_bad = verdict.count_nonfinite("nonfinite_moving_statistics", np.concatenate([got_mean, got_var]))
-    ok = n_bad == 0
-    if ok:
-        ok &= verdict.within("moving_mean_vs_float32_ema", got_mean - ema_mean, b_mean)
-        ok &= verdict.within("moving_variance_vs_float32_ema", got_var - ema_var, b_var)
-
-    # the mechanism: the same EMA with every update rounded into the 16-bit variable. Rounding is monotone
-    # and a one-ulp difference is multiplied by m < 1 before the next rounding, so a replay whose float32
-    # inputs differ by less than an ulp stays within one ulp of the layer; 2 ulps also cover a value on a
-    # binade boundary (the ulp above is twice the one below)
-    replayed = exceeded = False
-    if var_dtype in SIXTEEN_BIT_EPS:
-        rep_mean = _replay_16bit(start_mean, t_mean, m, C06_STEPS, dtype)
-        rep_var = _replay_16bit(start_var, t_var, m, C06_STEPS, dtype)
-        got, rep = np.concatenate([got_mean, got_var]), np.concatenate([rep_mean, rep_var])
-        inf_where = verdict.equal("infinite_positions_layer_vs_16bit_replay", np.isposinf(got).astype(float),
-                                  np.isposinf(rep).astype(float))
-        fin = np.isfinite(rep)
-        replayed = inf_where and bool(np.all(np.isfinite(got) == fin)) and verdict.within(
-            "layer_vs_16bit_replay", got[fin] - rep[fin], 2 * _spacing16(rep[fin], dtype))
-        exceeded = dtype == "float16" and verdict.beyond(
-            "exact_ema_variance_vs_float16_max", np.where(np.isposinf(rep_var), ema_var, 0.0),
-            float(np.finfo(np.float16).max))
-    how = (f"variables {var_dtype}: the layer {'matches' if replayed else 'does not match'} the EMA replayed with "
-           "every update rounded to 16 bits (within 2 ulps)" if var_dtype in SIXTEEN_BIT_EPS
-           else f"variables {var_dtype}: no 16-bit rounding")
-    verdict.mechanism("rounded_16bit_ema", replayed and n_bad == 0 and not ok, how + ", which misses the float32 EMA")
-    verdict.mechanism("float16_overflow", var_dtype == "float16" and replayed and n_bad > 0
-                      and bool(np.all(np.isfinite(got_mean))) and exceeded,
-                      f"{n_bad} moving statistic(s) +inf; {how}; the exact EMA "
-                      f"{'exceeds' if exceeded else 'stays below'} float16's maximum 65504 there")
-    if n_bad == 0:  # a stall is a fixed point: one more call leaves the statistics bitwise as they are
-        before = np.concatenate([got_mean, got_var])
-        step(x)
-        verdict.record(one_more_call_bitwise_unchanged=bool(np.array_equal(
-            before, np.concatenate([_np(keras, layer.moving_mean), _np(keras, layer.moving_variance)]))))
-    verdict.record(variable_dtype=var_dtype, steps=C06_STEPS, momentum=m,
-                   target_mean=float(np.mean(t_mean)), target_variance=float(np.mean(t_var)),
-                   exact_ema_mean=float(np.mean(ema_mean)), exact_ema_variance=float(np.mean(ema_var)))
-    if n_bad == 0:
-        verdict.record(final_moving_mean=float(np.mean(got_mean)), final_moving_variance=float(np.mean(got_var)))
-    e = verdict.evidence
-    verdict.conclude(ok, f"{dtype} policy, {stream} stream: variables {var_dtype}; after {C06_STEPS} calls "
-                         + (f"moving variance +inf in {n_bad} feature(s)" if n_bad else
-                            f"max |moving mean - float32 EMA| {e['moving_mean_vs_float32_ema']['value']:.3g} "
-                            f"(bound {e['moving_mean_vs_float32_ema']['bound']:.1e}), variance "
-                            f"{e['moving_variance_vs_float32_ema']['value']:.3g} "
-                            f"(bound {e['moving_variance_vs_float32_ema']['bound']:.1e})"))
-
-
-# --------------------------------------------------------------------------- C08: one value per channel
+# C08: one value per channel
 
 C08_SHAPES = {  # case -> (input shape, axis)
     "nhwc_1x1x1": ((1, 1, 1, 8), -1),
@@ -219,81 +131,13 @@ C08_SHAPES = {  # case -> (input shape, axis)
 }
 
 
-@pytest.mark.claim("C08")
-@pytest.mark.parametrize("shape", list(C08_SHAPES))
-def test_one_value_per_channel_keeps_moving_variance_finite(verdict, keras, device, rng, shape):
-    dims, axis = C08_SHAPES[shape]
-    layer = probes.make_bn(keras, 8, rng, input_shape=(None,) + dims[1:], axis=axis)
-    s, m = probes.bn_state(layer), float(layer.momentum)
-    x = rng.normal(1, 2, dims).astype(np.float32)
-    y = _np(keras, layer(x, training=True))
-    got_mean, got_var = _np(keras, layer.moving_mean), _np(keras, layer.moving_variance)
-    n_var = verdict.count_nonfinite("nonfinite_moving_variance", got_var)
-    n_mean = verdict.count_nonfinite("nonfinite_moving_mean", got_mean)
-    verdict.mechanism("nonfinite_moving_variance", n_var == got_var.size,
-                      f"{n_var} of {got_var.size} moving variances non-finite")
-    x1 = np.moveaxis(x, axis, -1).reshape(1, 8)  # the one value of each channel
-    exp_mean, exp_var = reference.ema(s["mean"], x1[0], m), reference.ema(s["var"], 0.0, m)
-    b_mean, b_var = reference.ema_bounds(x1, s["mean"], s["var"], m)
-    # power: the update moved the variance (to momentum x old) by far more than its bound
-    verdict.power("update_moved_variance", exp_var - s["var"], b_var)
-    n_out = verdict.count_nonfinite("nonfinite_outputs", y)
-    ok = n_var == 0 and n_mean == 0 and n_out == 0
-    if ok:
-        ok &= verdict.within("moving_variance_vs_momentum_x_old", got_var - exp_var, b_var)
-        ok &= verdict.within("moving_mean_vs_ema", got_mean - exp_mean, b_mean)
-        # the batch statistics of one value: mean = x, variance 0, so the output is beta up to rounding
-        y1 = np.moveaxis(y, axis, -1).reshape(1, 8)
-        ok &= verdict.within("output_vs_beta", y1 - s["beta"],
-                             reference.batch_of_one_bound(x1, s["gamma"], s["beta"], s["eps"]))
-    verdict.record(fused=str(getattr(layer, "fused", "no fused kernel")),
-                   moving_variance_over_old=float(np.mean(got_var / s["var"])) if n_var == 0 else "non-finite")
-    verdict.conclude(ok, f"{shape} on {device}: {n_var} non-finite moving variance(s), {n_mean} non-finite moving "
-                         f"mean(s); " + (f"moving variance / old = "
-                                         f"{verdict.evidence['moving_variance_over_old']:.6f} (momentum {m})"
-                                         if n_var == 0 else "the statistics are lost"))
-
-
-# --------------------------------------------------------------------------- C09: epsilon for every rank
+# C09: epsilon for every rank
 
 C09_LAYOUTS = {"dense": ((16, 3), -1), "nhwc": ((4, 2, 2, 3), -1), "nchw": ((4, 3, 2, 2), 1)}
 C09_EPS, CUDNN_MIN_EPS = 1e-8, 1.001e-5
 
 
-@pytest.mark.claim("C09")
-@pytest.mark.parametrize("mode", ["inference", "training"])
-@pytest.mark.parametrize("layout", list(C09_LAYOUTS))
-def test_epsilon_is_used_as_given(verdict, keras, device, rng, layout, mode):
-    dims, axis = C09_LAYOUTS[layout]
-    layer = keras.layers.BatchNormalization(epsilon=C09_EPS, axis=axis)
-    layer.build((None,) + dims[1:])
-    gamma, beta = rng.uniform(0.5, 2.0, 3), rng.normal(0, 1, 3)
-    probes.set_bn_state(layer, {"gamma": gamma, "beta": beta, "mean": np.zeros(3), "var": np.full(3, 1e-6)})
-    s = probes.bn_state(layer)
-    if mode == "inference":  # x ~ 1e-3 against a moving variance of 1e-6
-        x = (1e-3 * (1 + 0.5 * rng.normal(0, 1, dims))).astype(np.float32)
-        y = _np(keras, layer(x, training=False))
-        ref = reference.bn_inference(x, s["gamma"], s["beta"], s["mean"], s["var"], C09_EPS, axis)
-        bound = reference.bn_bound(x, s["gamma"], s["beta"], s["mean"], s["var"], C09_EPS, axis)
-        clamped = reference.bn_inference(x, s["gamma"], s["beta"], s["mean"], s["var"], CUDNN_MIN_EPS, axis)
-    else:  # a batch whose variance (~1e-6) is far below the clamped epsilon
-        x = (1e-3 * rng.normal(0, 1, dims)).astype(np.float32)
-        y = _np(keras, layer(x, training=True))
-        ref, mean, var = reference.bn_train(x, s["gamma"], s["beta"], C09_EPS, axis)
-        n = x.size // 3
-        bound = reference.bn_bound(x, s["gamma"], s["beta"], mean, var, C09_EPS, axis, n_reduce=n)
-        clamped = reference.bn_train(x, s["gamma"], s["beta"], CUDNN_MIN_EPS, axis)[0]
-    # the alternative the reports describe: epsilon silently raised to 1.001e-5
-    verdict.power("clamped_epsilon_alternative", clamped - ref, bound)
-    ok = verdict.within("output_vs_epsilon_1e-8", y - ref, bound)
-    verdict.record(layer_epsilon=float(layer.epsilon), fused=str(getattr(layer, "fused", "no fused kernel")))
-    e, p = verdict.evidence["output_vs_epsilon_1e-8"], verdict.evidence["clamped_epsilon_alternative"]
-    verdict.conclude(ok, f"{layout}, {mode} on {device}: max |y - reference with epsilon 1e-8| {e['value']:.2e} "
-                         f"(bound {e['bound']:.1e}); epsilon 1.001e-5 would move the output by {p['value']:.3f}")
-
-
-# --------------------------------------------------------------------------- C10: NaN in a batch
-
+# C10: NaN in a batch, the two parts of the test
 
 def _c10_nan_example(verdict, keras, rng):
     """(a) one NaN example: the NaN pattern of each stage, and the finite parts against the reference."""
@@ -304,18 +148,18 @@ def _c10_nan_example(verdict, keras, rng):
     others = np.ones(x.shape, bool)
     others[3, 0] = False
 
-    y_inf = _np(keras, layer(x, training=False))
+    y_inf = probes.f64(layer(x, training=False), keras)
     counts = {"inference_nonfinite_at_the_nan": verdict.count_nonfinite("inference_nonfinite_at_the_nan", y_inf[3, 0]),
               "inference_nonfinite_elsewhere": verdict.count_nonfinite("inference_nonfinite_elsewhere", y_inf[others])}
-    y_tr = _np(keras, layer(x, training=True))
+    y_tr = probes.f64(layer(x, training=True), keras)
     counts["training_nonfinite_feature_0"] = verdict.count_nonfinite("training_nonfinite_feature_0", y_tr[:, 0])
     counts["training_nonfinite_features_1_3"] = verdict.count_nonfinite("training_nonfinite_features_1_3", y_tr[:, 1:])
-    mm, mv = _np(keras, layer.moving_mean), _np(keras, layer.moving_variance)
+    mm, mv = probes.f64(layer.moving_mean, keras), probes.f64(layer.moving_variance, keras)
     counts["moving_nonfinite_feature_0"] = verdict.count_nonfinite("moving_nonfinite_feature_0", [mm[0], mv[0]])
     counts["moving_nonfinite_features_1_3"] = verdict.count_nonfinite("moving_nonfinite_features_1_3",
                                                                       np.concatenate([mm[1:], mv[1:]]))
     clean = np.where(np.isnan(x), 0.0, x).astype(np.float32)  # the same batch, the NaN replaced by 0
-    y_after = _np(keras, layer(clean, training=False))
+    y_after = probes.f64(layer(clean, training=False), keras)
     counts["later_inference_nonfinite_feature_0"] = verdict.count_nonfinite("later_inference_nonfinite_feature_0",
                                                                             y_after[:, 0])
     counts["later_inference_nonfinite_features_1_3"] = verdict.count_nonfinite(
@@ -353,8 +197,8 @@ def _c10_masked_nan(verdict, keras, rng):
     x[~mask, 1], x[~mask, 3] = 50.0, 50.0
     layer = probes.make_bn(keras, units, rng, input_shape=(None, steps, units))
     s, m = probes.bn_state(layer), float(layer.momentum)
-    y = _np(keras, layer(x, training=True, mask=mask))
-    mm, mv = _np(keras, layer.moving_mean), _np(keras, layer.moving_variance)
+    y = probes.f64(layer(x, training=True, mask=mask), keras)
+    mm, mv = probes.f64(layer.moving_mean, keras), probes.f64(layer.moving_variance, keras)
     n_nan_feats = verdict.count_nonfinite("moving_nonfinite_features_0_2", np.concatenate([mm[[0, 2]], mv[[0, 2]]]))
     n_other = verdict.count_nonfinite("moving_nonfinite_features_1_3", np.concatenate([mm[[1, 3]], mv[[1, 3]]]))
     n_out = verdict.count_nonfinite("nonfinite_unmasked_outputs", y[mask])
@@ -393,9 +237,214 @@ def _c10_masked_nan(verdict, keras, rng):
                          + ("; statistics = those of the unmasked steps within their bounds" if ok else ""))
 
 
+# C16: a constant feature
+
+C16_SHAPES = {"dense": (32, 4), "nhwc": (4, 3, 3, 4)}
+C16_STEPS, C16_MOMENTUM, C16_VALUE, C16_DEVIATION = 150, 0.9, 2.0, 0.1
+
+
+# C22: renorm's moving variance
+
+C22_STEPS, C22_MOMENTUM, C22_STD = 50, 0.9, (0.5, 2.0)
+
+
+# C28: tf_keras' Bessel correction
+
+NHWC = ((8, 3, 3, 4), -1)
+C28_CONFIGS = {  # case -> (constructor arguments, (input shape, axis))
+    "default_nhwc": ({}, NHWC),
+    "default_nchw": ({"axis": 1}, ((8, 4, 3, 3), 1)),
+    "fused_true": ({"fused": True}, NHWC),
+    "mixed_float16": ({"dtype": "mixed_float16"}, NHWC),
+    "fused_false": ({"fused": False}, NHWC),
+    "float64": ({"dtype": "float64"}, NHWC),
+    "renorm": ({"renorm": True}, NHWC),
+    "virtual_batch_size": ({"virtual_batch_size": 2}, NHWC),
+    "dense": ({}, ((72, 4), -1)),
+}
+C28_COMPUTE = {"mixed_float16": "float16", "mixed_bfloat16": "bfloat16"}  # a mixed policy's compute dtype
+
+
+def _fused_by_the_rules(kwargs: dict, ndim: int, axis: int) -> dict[str, bool]:
+    """The claim's own eligibility rules for tf_keras' fused kernel, each evaluated on the case's arguments and
+    input (never read from the layer): 4-D/5-D input, one axis that is the channel axis (1 or the last), a
+    float16/bfloat16/float32 compute dtype, no renorm, no virtual_batch_size, no adjustment, fused not False."""
+    dtype = kwargs.get("dtype", "float32")
+    return {
+        "rank_4_or_5": ndim in (4, 5),
+        "single_channel_axis": isinstance(axis, int) and axis % ndim in (1, ndim - 1),
+        "16_or_32_bit_compute": C28_COMPUTE.get(dtype, dtype) in ("float16", "bfloat16", "float32"),
+        "no_renorm": not kwargs.get("renorm", False),
+        "no_virtual_batch_size": not kwargs.get("virtual_batch_size"),
+        "no_adjustment": kwargs.get("adjustment") is None,
+        "fused_not_false": kwargs.get("fused") is not False,
+    }
+
+
+# --------------------------------------------------------------------------- C06: 16-bit variables
+
+
+@pytest.mark.claim("C06")
+@pytest.mark.parametrize("stream", ["moderate", "wide"])
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_16bit_policy_moving_statistics_converge(B, verdict, keras, rng, dtype, stream):
+    """Moving statistics after 300 calls under a 16-bit policy vs the float32 EMA (16-bit rounding, overflow)."""
+    m = C06_MOMENTUM
+    x = _c06_batch(rng, stream)
+    layer = keras.layers.BatchNormalization(dtype=dtype, momentum=m)
+    layer.build((None, C06_UNITS))
+    start_mean, start_var = probes.f64(layer.moving_mean, keras), probes.f64(layer.moving_variance, keras)
+    step = B.function(lambda xb: layer(xb, training=True))
+    for _ in range(C06_STEPS):
+        step(x)
+    got_mean, got_var = probes.f64(layer.moving_mean, keras), probes.f64(layer.moving_variance, keras)
+    var_dtype = _dtype_name(layer.moving_variance)
+
+    # the exact EMA of a stationary stream: target + (start - target) * m^n
+    t_mean, t_var = reference.batch_stats(x)
+    decay = m**C06_STEPS
+    ema_mean, ema_var = t_mean + (start_mean - t_mean) * decay, t_var + (start_var - t_var) * decay
+    # float32 bound: the EMA stays between its start and its target, so every step adds at most
+    # reference.ema_bounds evaluated with |old| = max(|start|, |target|); earlier errors are multiplied by
+    # m at each step, so the total is at most one step's bound times sum(m^k) <= 1 / (1 - m)
+    b_mean, b_var = reference.ema_bounds(x, np.maximum(np.abs(start_mean), np.abs(t_mean)),
+                                         np.maximum(start_var, t_var), m)
+    b_mean, b_var = b_mean / (1 - m), b_var / (1 - m)
+    # the test's power: the exact EMA has left its start by more than twice the bound (a stalled layer, exact
+    # at its start, shows)
+    verdict.power("ema_left_its_start", np.concatenate([ema_mean - start_mean, ema_var - start_var]),
+                  np.concatenate([b_mean, b_var]))
+
+    n_bad = verdict.count_nonfinite("nonfinite_moving_statistics", np.concatenate([got_mean, got_var]))
+    ok = n_bad == 0
+    if ok:
+        ok &= verdict.within("moving_mean_vs_float32_ema", got_mean - ema_mean, b_mean)
+        ok &= verdict.within("moving_variance_vs_float32_ema", got_var - ema_var, b_var)
+
+    # the mechanism: the same EMA with every update rounded into the 16-bit variable. Rounding is monotone
+    # and a one-ulp difference is multiplied by m < 1 before the next rounding, so a replay whose float32
+    # inputs differ by less than an ulp stays within one ulp of the layer; 2 ulps also cover a value on a
+    # binade boundary (the ulp above is twice the one below)
+    replayed = exceeded = False
+    if var_dtype in SIXTEEN_BIT_EPS:
+        rep_mean = _replay_16bit(start_mean, t_mean, m, C06_STEPS, dtype)
+        rep_var = _replay_16bit(start_var, t_var, m, C06_STEPS, dtype)
+        got, rep = np.concatenate([got_mean, got_var]), np.concatenate([rep_mean, rep_var])
+        inf_where = verdict.equal("infinite_positions_layer_vs_16bit_replay", np.isposinf(got).astype(float),
+                                  np.isposinf(rep).astype(float))
+        fin = np.isfinite(rep)
+        replayed = inf_where and bool(np.all(np.isfinite(got) == fin)) and verdict.within(
+            "layer_vs_16bit_replay", got[fin] - rep[fin], 2 * _spacing16(rep[fin], dtype))
+        exceeded = dtype == "float16" and verdict.beyond(
+            "exact_ema_variance_vs_float16_max", np.where(np.isposinf(rep_var), ema_var, 0.0),
+            float(np.finfo(np.float16).max))
+    how = (f"variables {var_dtype}: the layer {'matches' if replayed else 'does not match'} the EMA replayed with "
+           "every update rounded to 16 bits (within 2 ulps)" if var_dtype in SIXTEEN_BIT_EPS
+           else f"variables {var_dtype}: no 16-bit rounding")
+    verdict.mechanism("rounded_16bit_ema", replayed and n_bad == 0 and not ok, how + ", which misses the float32 EMA")
+    verdict.mechanism("float16_overflow", var_dtype == "float16" and replayed and n_bad > 0
+                      and bool(np.all(np.isfinite(got_mean))) and exceeded,
+                      f"{n_bad} moving statistic(s) +inf; {how}; the exact EMA "
+                      f"{'exceeds' if exceeded else 'stays below'} float16's maximum 65504 there")
+    if n_bad == 0:  # a stall is a fixed point: one more call leaves the statistics bitwise as they are
+        before = np.concatenate([got_mean, got_var])
+        step(x)
+        after = np.concatenate([probes.f64(layer.moving_mean, keras), probes.f64(layer.moving_variance, keras)])
+        verdict.record(one_more_call_bitwise_unchanged=bool(np.array_equal(before, after)))
+    verdict.record(variable_dtype=var_dtype, steps=C06_STEPS, momentum=m,
+                   target_mean=float(np.mean(t_mean)), target_variance=float(np.mean(t_var)),
+                   exact_ema_mean=float(np.mean(ema_mean)), exact_ema_variance=float(np.mean(ema_var)))
+    if n_bad == 0:
+        verdict.record(final_moving_mean=float(np.mean(got_mean)), final_moving_variance=float(np.mean(got_var)))
+    verdict.conclude(ok, f"{dtype} policy, {stream} stream: variables {var_dtype}; after {C06_STEPS} calls "
+                         + (f"moving variance +inf in {n_bad} feature(s)" if n_bad else
+                            "max |moving mean - float32 EMA| "
+                            f"{probes.within_text(verdict, 'moving_mean_vs_float32_ema', '.3g')}, variance "
+                            f"{probes.within_text(verdict, 'moving_variance_vs_float32_ema', '.3g')}"))
+
+
+# --------------------------------------------------------------------------- C08: one value per channel
+
+
+@pytest.mark.claim("C08")
+@pytest.mark.parametrize("shape", list(C08_SHAPES))
+def test_one_value_per_channel_keeps_moving_variance_finite(verdict, keras, device, rng, shape):
+    """Statistics and outputs after a training call with one value per channel: finite, batch variance 0's EMA."""
+    dims, axis = C08_SHAPES[shape]
+    layer = probes.make_bn(keras, 8, rng, input_shape=(None,) + dims[1:], axis=axis)
+    s, m = probes.bn_state(layer), float(layer.momentum)
+    x = rng.normal(1, 2, dims).astype(np.float32)
+    y = probes.f64(layer(x, training=True), keras)
+    got_mean, got_var = probes.f64(layer.moving_mean, keras), probes.f64(layer.moving_variance, keras)
+    n_var = verdict.count_nonfinite("nonfinite_moving_variance", got_var)
+    n_mean = verdict.count_nonfinite("nonfinite_moving_mean", got_mean)
+    verdict.mechanism("nonfinite_moving_variance", n_var == got_var.size,
+                      f"{n_var} of {got_var.size} moving variances non-finite")
+    x1 = np.moveaxis(x, axis, -1).reshape(1, 8)  # the one value of each channel
+    exp_mean, exp_var = reference.ema(s["mean"], x1[0], m), reference.ema(s["var"], 0.0, m)
+    b_mean, b_var = reference.ema_bounds(x1, s["mean"], s["var"], m)
+    # power: the update moved the variance (to momentum x old) by far more than its bound
+    verdict.power("update_moved_variance", exp_var - s["var"], b_var)
+    n_out = verdict.count_nonfinite("nonfinite_outputs", y)
+    ok = n_var == 0 and n_mean == 0 and n_out == 0
+    if ok:
+        ok &= verdict.within("moving_variance_vs_momentum_x_old", got_var - exp_var, b_var)
+        ok &= verdict.within("moving_mean_vs_ema", got_mean - exp_mean, b_mean)
+        # the batch statistics of one value: mean = x, variance 0, so the output is beta up to rounding
+        y1 = np.moveaxis(y, axis, -1).reshape(1, 8)
+        ok &= verdict.within("output_vs_beta", y1 - s["beta"],
+                             reference.batch_of_one_bound(x1, s["gamma"], s["beta"], s["eps"]))
+    verdict.record(fused=str(getattr(layer, "fused", "no fused kernel")),
+                   moving_variance_over_old=float(np.mean(got_var / s["var"])) if n_var == 0 else "non-finite")
+    verdict.conclude(ok, f"{shape} on {device}: {n_var} non-finite moving variance(s), {n_mean} non-finite moving "
+                         f"mean(s); " + (f"moving variance / old = "
+                                         f"{probes.value_text(verdict, 'moving_variance_over_old', '.6f')} (momentum {m})"
+                                         if n_var == 0 else "the statistics are lost"))
+
+
+# --------------------------------------------------------------------------- C09: epsilon for every rank
+
+
+@pytest.mark.claim("C09")
+@pytest.mark.parametrize("mode", ["inference", "training"])
+@pytest.mark.parametrize("layout", list(C09_LAYOUTS))
+def test_epsilon_is_used_as_given(verdict, keras, device, rng, layout, mode):
+    """Output with epsilon=1e-8 and variances near 1e-6 vs the reference with that epsilon, not with 1.001e-5."""
+    dims, axis = C09_LAYOUTS[layout]
+    layer = keras.layers.BatchNormalization(epsilon=C09_EPS, axis=axis)
+    layer.build((None,) + dims[1:])
+    gamma, beta = rng.uniform(0.5, 2.0, 3), rng.normal(0, 1, 3)
+    probes.set_bn_state(layer, {"gamma": gamma, "beta": beta, "mean": np.zeros(3), "var": np.full(3, 1e-6)})
+    s = probes.bn_state(layer)
+    if mode == "inference":  # x ~ 1e-3 against a moving variance of 1e-6
+        x = (1e-3 * (1 + 0.5 * rng.normal(0, 1, dims))).astype(np.float32)
+        y = probes.f64(layer(x, training=False), keras)
+        ref = reference.bn_inference(x, s["gamma"], s["beta"], s["mean"], s["var"], C09_EPS, axis)
+        bound = reference.bn_bound(x, s["gamma"], s["beta"], s["mean"], s["var"], C09_EPS, axis)
+        clamped = reference.bn_inference(x, s["gamma"], s["beta"], s["mean"], s["var"], CUDNN_MIN_EPS, axis)
+    else:  # a batch whose variance (~1e-6) is far below the clamped epsilon
+        x = (1e-3 * rng.normal(0, 1, dims)).astype(np.float32)
+        y = probes.f64(layer(x, training=True), keras)
+        ref, mean, var = reference.bn_train(x, s["gamma"], s["beta"], C09_EPS, axis)
+        n = x.size // 3
+        bound = reference.bn_bound(x, s["gamma"], s["beta"], mean, var, C09_EPS, axis, n_reduce=n)
+        clamped = reference.bn_train(x, s["gamma"], s["beta"], CUDNN_MIN_EPS, axis)[0]
+    # the alternative the reports describe: epsilon silently raised to 1.001e-5
+    verdict.power("clamped_epsilon_alternative", clamped - ref, bound)
+    ok = verdict.within("output_vs_epsilon_1e-8", y - ref, bound)
+    verdict.record(layer_epsilon=float(layer.epsilon), fused=str(getattr(layer, "fused", "no fused kernel")))
+    verdict.conclude(ok, f"{layout}, {mode} on {device}: max |y - reference with epsilon 1e-8| "
+                         f"{probes.within_text(verdict, 'output_vs_epsilon_1e-8')}; epsilon 1.001e-5 would move the "
+                         f"output by {probes.value_text(verdict, 'clamped_epsilon_alternative', '.3f')}")
+
+
+# --------------------------------------------------------------------------- C10: NaN in a batch
+
+
 @pytest.mark.claim("C10")
 @pytest.mark.parametrize("part", ["nan_example", "masked_nan"])
 def test_nan_example_poisons_batch_masked_nan_does_not(verdict, keras, rng, part):
+    """Where one NaN example spreads (outputs, statistics); whether NaNs at masked steps stay out of them."""
     (_c10_nan_example if part == "nan_example" else _c10_masked_nan)(verdict, keras, rng)
 
 
@@ -405,6 +454,7 @@ def test_nan_example_poisons_batch_masked_nan_does_not(verdict, keras, rng, part
 @pytest.mark.claim("C15")
 @pytest.mark.parametrize("mask_via", ["argument", "masking_layer"])
 def test_fully_masked_batch_leaves_moving_statistics(verdict, keras, rng, mask_via):
+    """Moving statistics after a training call on a fully masked batch: bitwise unchanged, or pulled to 0."""
     batch, steps, units = 4, 6, 3
     layer = probes.make_bn(keras, units, rng, input_shape=(None, steps, units))
     s, m = probes.bn_state(layer), float(layer.momentum)
@@ -415,14 +465,16 @@ def test_fully_masked_batch_leaves_moving_statistics(verdict, keras, rng, mask_v
         x = np.zeros((batch, steps, units), np.float32)
         model = keras.Sequential([keras.Input(shape=(steps, units)), keras.layers.Masking(mask_value=0.0), layer])
         y = model(x, training=True)
-    y = _np(keras, y)
-    mm, mv = _np(keras, layer.moving_mean), _np(keras, layer.moving_variance)
+    y = probes.f64(y, keras)
+    mm, mv = probes.f64(layer.moving_mean, keras), probes.f64(layer.moving_variance, keras)
     same = verdict.equal("moving_mean_unchanged", mm, s["mean"])
     same &= verdict.equal("moving_variance_unchanged", mv, s["var"])
     # the mechanism: batch statistics 0 and 0, so moving <- momentum * old: one product and one sum with
     # an exact 0 (Keras 3), or old - old*(1 - momentum) (tf_keras, 3 roundings): <= 4u|old|
     b_mean, b_var = 4 * U32 * np.abs(s["mean"]), 4 * U32 * s["var"]
-    verdict.power("pull_alternative", (1 - m) * np.concatenate([s["mean"], s["var"]]), np.concatenate([b_mean, b_var]))
+    # "unchanged" is bitwise (bound 0): the bound is the pulled update's own float32 error alone
+    verdict.power("pull_alternative", (1 - m) * np.concatenate([s["mean"], s["var"]]), np.concatenate([b_mean, b_var]),
+                  measured=True)
     pulled = verdict.within("moving_mean_vs_momentum_x_old", mm - m * s["mean"], b_mean)
     pulled &= verdict.within("moving_variance_vs_momentum_x_old", mv - m * s["var"], b_var)
     verdict.mechanism("pulled_toward_zero", pulled,
@@ -438,13 +490,11 @@ def test_fully_masked_batch_leaves_moving_statistics(verdict, keras, rng, mask_v
 
 # --------------------------------------------------------------------------- C16: a constant feature
 
-C16_SHAPES = {"dense": (32, 4), "nhwc": (4, 3, 3, 4)}
-C16_STEPS, C16_MOMENTUM, C16_VALUE, C16_DEVIATION = 150, 0.9, 2.0, 0.1
-
 
 @pytest.mark.claim("C16")
 @pytest.mark.parametrize("layout", list(C16_SHAPES))
 def test_constant_feature_amplified_at_inference(B, verdict, keras, rng, layout):
+    """A constant feature's moving variance after 150 steps vs m^n v0; the inference output of a deviation."""
     dims, m, n = C16_SHAPES[layout], C16_MOMENTUM, C16_STEPS
     layer = probes.make_bn(keras, 4, rng, input_shape=(None,) + dims[1:], momentum=m)
     s = probes.bn_state(layer)
@@ -453,7 +503,7 @@ def test_constant_feature_amplified_at_inference(B, verdict, keras, rng, layout)
         x = rng.normal(0, 1, dims).astype(np.float32)
         x[..., 0] = C16_VALUE
         step(x)
-    mm, mv = _np(keras, layer.moving_mean)[0], _np(keras, layer.moving_variance)[0]
+    mm, mv = probes.f64(layer.moving_mean, keras)[0], probes.f64(layer.moving_variance, keras)[0]
     # exact: the batch variance of a constant is 0, so v_n = m^n v0, mean_n = c + (mean0 - c) m^n
     v_n = m**n * s["var"][0]
     mu_n = C16_VALUE + (s["mean"][0] - C16_VALUE) * m**n
@@ -471,7 +521,7 @@ def test_constant_feature_amplified_at_inference(B, verdict, keras, rng, layout)
 
     probe = np.zeros((1,) + dims[1:], np.float32)
     probe[..., 0] = C16_VALUE + C16_DEVIATION
-    y = _np(keras, layer(probe, training=False)).reshape(-1, 4)[:, 0]
+    y = probes.f64(layer(probe, training=False), keras).reshape(-1, 4)[:, 0]
     g, b, eps = s["gamma"][0], s["beta"][0], s["eps"]
     xv = float(np.float32(C16_VALUE + C16_DEVIATION))
     pred = g * (xv - mu_n) / np.sqrt(v_n + eps) + b  # the claim's formula with the exact statistics
@@ -494,16 +544,15 @@ def test_constant_feature_amplified_at_inference(B, verdict, keras, rng, layout)
 
 # --------------------------------------------------------------------------- C22: renorm's moving variance
 
-C22_STEPS, C22_MOMENTUM, C22_STD = 50, 0.9, (0.5, 2.0)
-
 
 @pytest.mark.claim("C22")
 def test_renorm_moving_variance_is_ema_of_variances(B, verdict, keras, rng):
+    """renorm=True's moving variance after 50 batches vs the EMA of the batch variances, not of their roots."""
     m, units, rows = C22_MOMENTUM, 8, 64
     layer = probes.bn_layer(keras, momentum=m, renorm=True)
     layer.build((None, units))
     eps = float(layer.epsilon)
-    v0 = _np(keras, layer.moving_variance)
+    v0 = probes.f64(layer.moving_variance, keras)
     step = B.function(lambda xb: layer(xb, training=True))
     # exact EMAs, and their float32 bounds accumulated step by step (e <- m e + this step's error)
     ema_v, ema_s = v0.copy(), np.sqrt(v0)  # moving_stddev starts at sqrt(moving_variance's initial value)
@@ -520,16 +569,15 @@ def test_renorm_moving_variance_is_ema_of_variances(B, verdict, keras, rng):
         e_v = m * e_v + _ema_bound(ema_v, v, d_v, m)
         e_s = m * e_s + _ema_bound(ema_s, std, d_std, m)
         ema_v, ema_s = reference.ema(ema_v, v, m), reference.ema(ema_s, std, m)
-    got = finite("moving variance", _np(keras, layer.moving_variance))
+    got = finite("moving variance", probes.f64(layer.moving_variance, keras))
     stddev_form = ema_s**2 - eps
     # relu(s*s - eps): the square doubles the relative error of s (2 s e_s), and the product and the
     # subtraction round (<= 3u (s^2 + eps))
     e_form = 2 * ema_s * e_s + 3 * U32 * (ema_s**2 + eps)
-    verdict.power("ema_of_stddev_alternative", stddev_form - ema_v, e_v + e_form)
+    verdict.power("ema_of_stddev_alternative", stddev_form - ema_v, e_v + e_form, measured=True)  # both bounds
     ok = verdict.within("moving_variance_vs_ema_of_variances", got - ema_v, e_v)
     form = verdict.within("moving_variance_vs_ema_of_stddev_squared", got - stddev_form, e_form)
-    ratio = verdict.evidence["moving_variance_vs_ema_of_stddev_squared"]["ratio"]
-    ratio = f"{ratio:.2g}" if isinstance(ratio, float) else ratio  # "inf" when the bound is 0
+    ratio = probes.ratio_text(verdict, "moving_variance_vs_ema_of_stddev_squared", ".2g")
     verdict.mechanism("ema_of_stddev", form, f"moving variance - ((EMA of sqrt(var + eps))^2 - eps) at {ratio} "
                                              "of its float32 bound")
     verdict.record(moving_variance_mean=float(got.mean()), ema_of_variances_mean=float(ema_v.mean()),
@@ -545,6 +593,7 @@ def test_renorm_moving_variance_is_ema_of_variances(B, verdict, keras, rng):
 @pytest.mark.claim("C26")
 @pytest.mark.parametrize("mask_shape", ["bhw", "bh1"])
 def test_mask_is_honoured_for_4d_inputs(verdict, keras, rng, mask_shape):
+    """Outputs and statistics under a (B, H, W) or (B, H, 1) mask on 4-D inputs vs the unmasked positions'."""
     dims, units = (8, 5, 5, 4), 4
     x = (rng.normal(0, 1, dims) * 2 + 1).astype(np.float32)
     if mask_shape == "bhw":
@@ -558,9 +607,9 @@ def test_mask_is_honoured_for_4d_inputs(verdict, keras, rng, mask_shape):
     s = probes.bn_state(layer)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        y = _np(keras, layer(x, training=True, mask=mask))
-    mm, mv = finite("moving mean", _np(keras, layer.moving_mean)), finite("moving variance",
-                                                                          _np(keras, layer.moving_variance))
+        y = probes.f64(layer(x, training=True, mask=mask), keras)
+    mm = finite("moving mean", probes.f64(layer.moving_mean, keras))
+    mv = finite("moving variance", probes.f64(layer.moving_variance, keras))
     mean, var, d_mean, d_var = _weighted_stats(x, full)
     kept = x[full]
     ref = reference.bn_inference(kept, s["gamma"], s["beta"], mean, var, s["eps"])
@@ -570,7 +619,9 @@ def test_mask_is_honoured_for_4d_inputs(verdict, keras, rng, mask_shape):
     xs = x.reshape(-1, units)
     all_ref = reference.bn_inference(xs, s["gamma"], s["beta"], all_mean, all_var, s["eps"])
     all_bound = _output_bound(xs, s["gamma"], s["beta"], all_mean, all_var, s["eps"], all_dm, all_dv)
-    verdict.power("mask_ignored_alternative", all_ref[full.reshape(-1)] - ref, bound)
+    # the bound sums the claim's and the alternative's own (statistics over every position) bounds
+    verdict.power("mask_ignored_alternative", all_ref[full.reshape(-1)] - ref, bound + all_bound[full.reshape(-1)],
+                  measured=True)
     ok = verdict.within("unmasked_outputs", y[full] - ref, bound)
     ok &= verdict.within("moving_mean_vs_unmasked_mean", mm - mean, _ema_bound(s["mean"], mean, d_mean, 0.0))
     ok &= verdict.within("moving_variance_vs_unmasked_variance", mv - var, _ema_bound(s["var"], var, d_var, 0.0))
@@ -590,9 +641,8 @@ def test_mask_is_honoured_for_4d_inputs(verdict, keras, rng, mask_shape):
                                                w_axis * _ema_bound(s["mean"], mean, d_mean, 0.0))
     verdict.mechanism("mask_count_not_broadcast", undercount,
                       f"moving mean {'equals' if undercount else 'is not'} {w_axis} x the unmasked mean")
-    e = verdict.evidence["unmasked_outputs"]
     verdict.conclude(ok, f"mask {mask_shape} on 8x5x5x4: unmasked outputs vs unmasked statistics max err "
-                         f"{e['value']:.2e} (bound {e['bound']:.1e}); moving mean {float(mm.mean()):.3f} (unmasked "
+                         f"{probes.within_text(verdict, 'unmasked_outputs')}; moving mean {float(mm.mean()):.3f} (unmasked "
                          f"{float(mean.mean()):.3f}, all positions {float(all_mean.mean()):.3f})")
 
 
@@ -601,6 +651,7 @@ def test_mask_is_honoured_for_4d_inputs(verdict, keras, rng, mask_shape):
 
 @pytest.mark.claim("C27")
 def test_fractional_mask_weights_steps(verdict, keras, rng):
+    """Moving statistics and outputs under a mask of 0.5s vs the weighted statistics, not the binarised mask's."""
     dims, units = (4, 6, 2), 2
     x = (rng.normal(0, 1, dims) * 2 + 1).astype(np.float32)
     w = np.ones(dims[:2], np.float32)
@@ -608,9 +659,9 @@ def test_fractional_mask_weights_steps(verdict, keras, rng):
     w[0, 5] = 0.0
     layer = probes.make_bn(keras, units, rng, input_shape=(None,) + dims[1:], momentum=0.0)
     s = probes.bn_state(layer)
-    y = _np(keras, layer(x, training=True, mask=w)).reshape(-1, units)
-    mm, mv = finite("moving mean", _np(keras, layer.moving_mean)), finite("moving variance",
-                                                                          _np(keras, layer.moving_variance))
+    y = probes.f64(layer(x, training=True, mask=w), keras).reshape(-1, units)
+    mm = finite("moving mean", probes.f64(layer.moving_mean, keras))
+    mv = finite("moving variance", probes.f64(layer.moving_variance, keras))
     xs = x.reshape(-1, units)
     results = {}
     for name, weights in (("weighted", w), ("binarised", (w > 0).astype(np.float32))):
@@ -621,7 +672,7 @@ def test_fractional_mask_weights_steps(verdict, keras, rng):
                          _ema_bound(s["var"], var, d_var, 0.0))
     wm, wv, wout, wb, wbm, wbv = results["weighted"]
     bm, bv, bout, bb, bbm, bbv = results["binarised"]
-    verdict.power("binarised_alternative_mean", bm - wm, wbm + bbm)
+    verdict.power("binarised_alternative_mean", bm - wm, wbm + bbm, measured=True)  # both bounds
     ok = mean_weighted = verdict.within("moving_mean_vs_weighted", mm - wm, wbm)
     ok &= verdict.within("moving_variance_vs_weighted", mv - wv, wbv)
     ok &= verdict.within("outputs_vs_weighted", y - wout, wb)
@@ -645,30 +696,21 @@ def test_fractional_mask_weights_steps(verdict, keras, rng):
 
 # --------------------------------------------------------------------------- C28: tf_keras' Bessel correction
 
-NHWC = ((8, 3, 3, 4), -1)
-C28_CONFIGS = {  # case -> (constructor arguments, (input shape, axis), fused by the claim's rules)
-    "default_nhwc": ({}, NHWC, True),
-    "default_nchw": ({"axis": 1}, ((8, 4, 3, 3), 1), True),
-    "fused_true": ({"fused": True}, NHWC, True),
-    "mixed_float16": ({"dtype": "mixed_float16"}, NHWC, True),
-    "fused_false": ({"fused": False}, NHWC, False),
-    "float64": ({"dtype": "float64"}, NHWC, False),
-    "renorm": ({"renorm": True}, NHWC, False),
-    "virtual_batch_size": ({"virtual_batch_size": 2}, NHWC, False),
-    "dense": ({}, ((72, 4), -1), False),
-}
-
 
 @pytest.mark.claim("C28")
 @pytest.mark.parametrize("config", list(C28_CONFIGS))
 def test_tfkeras_bessel_correction_exactly_when_fused(tfkeras_only, verdict, keras, rng, config):
-    kwargs, (dims, axis), eligible = C28_CONFIGS[config]
+    """tf_keras' moving variance (momentum 0) vs the biased and the m/(m-1) batch variance, as the claim's fused-kernel
+    rules predict; the layer's `fused` flag is checked against the same rules."""
+    kwargs, (dims, axis) = C28_CONFIGS[config]
+    rules = _fused_by_the_rules(kwargs, len(dims), axis)
+    eligible = all(rules.values())
     layer = keras.layers.BatchNormalization(momentum=0.0, axis=axis, **{k: v for k, v in kwargs.items() if k != "axis"})
     layer.build((None,) + dims[1:])
-    old = np.ravel(layer.moving_variance.numpy()).astype(np.float64)
+    old = np.ravel(probes.f64(layer.moving_variance))
     x = (rng.normal(0, 2, dims) + 1).astype(np.float32)
     layer(x, training=True)  # momentum 0: the moving variance becomes this batch's variance
-    got = finite("moving variance", np.ravel(layer.moving_variance.numpy()))
+    got = finite("moving variance", np.ravel(probes.f64(layer.moving_variance)))
     xr = x.astype(np.float16).astype(np.float64) if config == "mixed_float16" else x.astype(np.float64)
     xf = np.moveaxis(xr, axis, -1)
     if config == "virtual_batch_size":
@@ -685,12 +727,20 @@ def test_tfkeras_bessel_correction_exactly_when_fused(tfkeras_only, verdict, ker
         b_var = reference.ema_bounds(xf, 0.0, old, 0.0)[1]
     k = m / (m - 1)
     b_unbiased = k * b_var + 2 * U32 * k * var  # as K16: the biased bound scaled, plus 2 roundings
-    verdict.power("biased_vs_unbiased", var / (m - 1), b_var + b_unbiased)
+    verdict.power("biased_vs_unbiased", var / (m - 1), b_var + b_unbiased, measured=True)  # both bounds
     biased = verdict.within("err_biased", got - var, b_var)
     unbiased = verdict.within("err_unbiased", got - k * var, b_unbiased)
     fused = bool(layer.fused)
-    verdict.record(layer_fused=fused, fused_by_the_claims_rules=eligible, elements_per_channel=m,
+    # the claim: unbiased exactly when the rules make the layer fused, biased otherwise; and the layer's own
+    # flag says the same (the statistic is the evidence, the flag is checked against the rules, not trusted)
+    follows_rules = unbiased if eligible else biased
+    flag_agrees = fused == eligible
+    verdict.record(layer_fused=fused, fused_by_the_claims_rules=eligible, rules_failed=[r for r, ok in rules.items()
+                   if not ok], flag_agrees_with_rules=flag_agrees, elements_per_channel=m,
                    ratio_to_biased=float(np.mean(got / var)), unbiased_factor=k)
-    verdict.conclude((unbiased and fused) or (biased and not fused),
-                     f"{config}: layer.fused = {fused} (rules: {eligible}); moving variance / biased = "
-                     f"{float(np.mean(got / var)):.5f} (m/(m-1) = {k:.5f})")
+    verdict.conclude(follows_rules and flag_agrees,
+                     f"{config}: the rules say {'fused' if eligible else 'not fused'}"
+                     + ("" if eligible else f" ({', '.join(r for r, ok in rules.items() if not ok)} fails)")
+                     + f"; moving variance / biased = {float(np.mean(got / var)):.5f} (m/(m-1) = {k:.5f}): "
+                     + ("unbiased" if unbiased else "biased" if biased else "neither")
+                     + f"; layer.fused = {fused}")

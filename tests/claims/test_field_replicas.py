@@ -24,14 +24,17 @@ from bnspec import reference
 from bnspec.flavours import FLAVOUR_HINT, distribution_version
 from bnspec.measure.backend import to_numpy
 from bnspec.subjects import replicas
+from tests.claims import _kit as probes
 from bnspec.reference import U32
+
+
+# --------------------------------------------------------------------------- helpers
 
 FEATURES = replicas.FEATURES
 HALF = replicas.HALF
 
 
-# --------------------------------------------------------------------------- which children, and starting them
-
+# which children, and starting them
 
 def _group_of(item) -> str | None:
     """The child group a test case of this module needs (None: none)."""
@@ -81,20 +84,9 @@ def _results(run, group: str) -> dict:
     return replicas.results(run, group)
 
 
-def _a(x) -> np.ndarray:
-    return np.asarray(x, dtype=np.float64)
-
-
-def _ema_ref(x, old_mean, old_var, momentum):
-    """Expected moving (mean, var) after one update with batch x, and their float32 bounds."""
-    mean, var = reference.batch_stats(x)
-    b_mean, b_var = reference.ema_bounds(x, old_mean, old_var, momentum)
-    return reference.ema(old_mean, mean, momentum), reference.ema(old_var, var, momentum), b_mean, b_var
-
-
 def _copies_as_designed(verdict, name: str, copies_m, copies_v, refs, why: str) -> str:
     """The design check of a two-replica step: replica i's copy of the moving (mean, var) is the update
-    with its own shard, refs[i] = _ema_ref(shard i, ...) -> "replica-local"; or, where the variable averages
+    with its own shard, refs[i] = probes.ema_step(shard i, ...) -> "replica-local"; or, where the variable averages
     the replicas' writes (a MirroredVariable with aggregation MEAN, as Keras 3.7 made them), every copy is
     the average of those updates -> "averaged on write". Neither is an error of the experiment (pytest.fail),
     not a verdict. The average's bound: the mean of the updates' bounds plus the all-reduce's sum, which
@@ -116,44 +108,10 @@ def _copies_as_designed(verdict, name: str, copies_m, copies_v, refs, why: str) 
         if ok:
             verdict.record(copies=design)
             return design
-    worst = max(local_checks, key=lambda k: verdict.evidence[k]["ratio"])
+    worst = max(local_checks, key=lambda k: probes.ratio(verdict, k))
     pytest.fail(f"{verdict.claim.id}: the experiment did not run as designed ({why}): the copies are neither "
-                f"each replica's own update nor their average; {worst} = {verdict.evidence[worst]['value']:.3g} > "
-                f"bound {verdict.evidence[worst]['bound']:.3g}", pytrace=False)
-
-
-# --------------------------------------------------------------------------- C07: the direct call
-# In this process, on the backend under test; first in the module, so that Keras' import here overlaps the children.
-
-
-@pytest.mark.claim("C07")
-@pytest.mark.parametrize("rank", (2, 4))
-def test_empty_batch_call(verdict, keras, rank):
-    shape = (0, FEATURES) if rank == 2 else (0, 2, 2, FEATURES)
-    bn = keras.layers.BatchNormalization()
-    bn.build((None,) + shape[1:])
-    # finite, non-default statistics, so that "unchanged" cannot be a re-initialisation
-    start = [np.full(FEATURES, v, np.float32) for v in (1.5, -0.5, 0.25, 2.0)]  # gamma, beta, mean, variance
-    bn.set_weights(start)
-    raised = None
-    try:
-        bn(np.zeros(shape, np.float32), training=True)
-    except Exception as exc:  # refusing an empty batch would keep the statistics: recorded, then measured
-        raised = f"{type(exc).__name__}: {str(exc)[:200]}"
-    verdict.record(call_raised=raised or "no")
-    after = np.concatenate([to_numpy(bn.moving_mean), to_numpy(bn.moving_variance)]).astype(np.float64)
-    bad = verdict.count_nonfinite("moving_nonfinite", after)
-    ok = bad == 0 and verdict.equal("moving_unchanged", np.concatenate(start[2:]), after)
-    # what the poisoned statistics do next: inference on real data
-    y = to_numpy(bn(np.ones((2,) + shape[1:], np.float32), training=False))
-    verdict.count_nonfinite("inference_nonfinite_after", y)
-    verdict.mechanism("nan_moving_statistics", bad == after.size,
-                      f"{bad} of {after.size} moving-statistics elements non-finite after the empty call")
-    verdict.conclude(ok, f"rank {rank}: {bad} of {after.size} moving-statistics elements non-finite after a "
-                         f"training call on 0 examples (call raised: {raised or 'no'})")
-
-
-# --------------------------------------------------------------------------- C11
+                f"each replica's own update nor their average; {worst} = {probes.value_text(verdict, worst, '.3g')} > "
+                f"bound {probes.bound_text(verdict, worst, '.3g')}", pytrace=False)
 
 
 def _c11_measurement(run, verdict, mode):
@@ -170,20 +128,56 @@ def _c11_measurement(run, verdict, mode):
                        variable_sharding=c["fit"]["variable_sharding"])
         stats = {"fit_get_weights": (c["fit"]["read_mean"], c["fit"]["read_var"]),
                  "sharded_call_state": (call["moving_mean"], call["moving_var"])}
-        return _a(c["x0"]), _a(c["x1"]), _a(call["outputs"]), stats, c["momentum"], c["epsilon"]
+        return probes.f64(c["x0"]), probes.f64(c["x1"]), probes.f64(call["outputs"]), stats, c["momentum"], c["epsilon"]
     d = _results(run, "tf")
     c = d["c11"]
     r = c[f"sync={mode == 'tf_sync'}"]
     verdict.record(child_seconds=d["child_seconds"], replicas=d["replicas"], variable=r["variable"])
     stats = {f"replica{i}_copy": (r["local_mean"][i], r["local_var"][i]) for i in range(2)}
     stats["get_weights"] = (r["read_mean"], r["read_var"])
-    outputs = np.concatenate([_a(o) for o in r["outputs"]])
-    return _a(c["x0"]), _a(c["x1"]), outputs, stats, r["momentum"], r["epsilon"]
+    outputs = np.concatenate([probes.f64(o) for o in r["outputs"]])
+    return probes.f64(c["x0"]), probes.f64(c["x1"]), outputs, stats, r["momentum"], r["epsilon"]
+
+
+# --------------------------------------------------------------------------- C07: the direct call
+# In this process, on the backend under test; first in the module, so that Keras' import here overlaps the children.
+
+
+@pytest.mark.claim("C07")
+@pytest.mark.parametrize("rank", (2, 4))
+def test_empty_batch_call(verdict, keras, rank):
+    """Moving statistics after a training call on 0 examples: bitwise unchanged and finite, or NaN (counted)."""
+    shape = (0, FEATURES) if rank == 2 else (0, 2, 2, FEATURES)
+    bn = keras.layers.BatchNormalization()
+    bn.build((None,) + shape[1:])
+    # finite, non-default statistics, so that "unchanged" cannot be a re-initialisation
+    start = [np.full(FEATURES, v, np.float32) for v in (1.5, -0.5, 0.25, 2.0)]  # gamma, beta, mean, variance
+    bn.set_weights(start)
+    raised = None
+    try:
+        bn(np.zeros(shape, np.float32), training=True)
+    except Exception as exc:  # refusing an empty batch would keep the statistics: recorded, then measured
+        raised = f"{type(exc).__name__}: {str(exc)[:200]}"
+    verdict.record(call_raised=raised or "no")
+    after = probes.moving_state([bn])
+    bad = verdict.count_nonfinite("moving_nonfinite", after)
+    ok = bad == 0 and verdict.equal("moving_unchanged", np.concatenate(start[2:]), after)
+    # what the poisoned statistics do next: inference on real data
+    y = to_numpy(bn(np.ones((2,) + shape[1:], np.float32), training=False))
+    verdict.count_nonfinite("inference_nonfinite_after", y)
+    verdict.mechanism("nan_moving_statistics", bad == after.size,
+                      f"{bad} of {after.size} moving-statistics elements non-finite after the empty call")
+    verdict.conclude(ok, f"rank {rank}: {bad} of {after.size} moving-statistics elements non-finite after a "
+                         f"training call on 0 examples (call raised: {raised or 'no'})")
+
+
+# --------------------------------------------------------------------------- C11
 
 
 @pytest.mark.claim("C11")
 @pytest.mark.parametrize("mode", ("tf_plain", "tf_sync", "jax_dataparallel"))
 def test_two_replicas_normalise_like_one_device(verdict, run, mode):
+    """Outputs and moving statistics of a step on two replicas (8 + 8 examples) vs BN on the global batch of 16."""
     x0, x1, y, stats, momentum, eps = _c11_measurement(run, verdict, mode)
     x = np.concatenate([x0, x1])
     one, zero = np.ones(FEATURES), np.zeros(FEATURES)
@@ -196,10 +190,10 @@ def test_two_replicas_normalise_like_one_device(verdict, run, mode):
     verdict.power("per_replica_alternative", y_alt - y_ref, bound)
 
     ok = verdict.within("outputs_vs_global_batch", y - y_ref, bound)
-    m_ref, v_ref, b_m, b_v = _ema_ref(x, 0.0, 1.0, momentum)  # fresh layer: moving mean 0, variance 1
+    m_ref, v_ref, b_m, b_v = probes.ema_step(x, 0.0, 1.0, momentum)  # fresh layer: moving mean 0, variance 1
     for name, (m, v) in stats.items():
-        ok &= verdict.within(f"{name}_moving_mean_vs_global", _a(m) - m_ref, b_m)
-        ok &= verdict.within(f"{name}_moving_var_vs_global", _a(v) - v_ref, b_v)
+        ok &= verdict.within(f"{name}_moving_mean_vs_global", probes.f64(m) - m_ref, b_m)
+        ok &= verdict.within(f"{name}_moving_var_vs_global", probes.f64(v) - v_ref, b_v)
 
     # mechanism of the per-replica refutation: each half equals BN with its own half's statistics
     own = []
@@ -208,10 +202,10 @@ def test_two_replicas_normalise_like_one_device(verdict, run, mode):
                                   reference.bn_bound(h, one, zero, mh, vh, eps, n_reduce=HALF)))
     verdict.mechanism("per_replica_statistics", all(own),
                       f"each replica's half within the bound of BN on that half alone: {own}")
-    ev = verdict.evidence
-    verdict.conclude(ok, f"{mode}: max |y - global-batch BN| = {ev['outputs_vs_global_batch']['value']:.3g} "
-                         f"(bound {ev['outputs_vs_global_batch']['bound']:.2g}); halves vs their own statistics "
-                         f"{[round(ev[f'outputs_half{i}_vs_own_statistics']['ratio'], 3) for i in range(2)]} x bound")
+    own_ratios = [round(probes.ratio(verdict, f"outputs_half{i}_vs_own_statistics"), 3) for i in range(2)]
+    verdict.conclude(ok, f"{mode}: max |y - global-batch BN| = "
+                         f"{probes.within_text(verdict, 'outputs_vs_global_batch', '.3g', '.2g')}; halves vs their own "
+                         f"statistics {own_ratios} x bound")
 
 
 # --------------------------------------------------------------------------- C04
@@ -221,56 +215,56 @@ def test_two_replicas_normalise_like_one_device(verdict, run, mode):
 @pytest.mark.parametrize("synchronized", (False, True))
 @pytest.mark.parametrize("read", ("saved", "served"))
 def test_replica_training_saves_and_serves_one_average(run, verdict, read, synchronized):
+    """After a step on two replicas: the saved statistics vs the copies' average, or each replica's served rows."""
     d = _results(run, "tf")
     c = d["c04"]
     r = c[f"sync={synchronized}"]
     verdict.record(child_seconds=d["child_seconds"], variable=r["variable"])
-    x0, x1, xq = _a(c["x0"]), _a(c["x1"]), _a(c["query"])
+    x0, x1, xq = probes.f64(c["x0"]), probes.f64(c["x1"]), probes.f64(c["query"])
     momentum, eps = r["momentum"], r["epsilon"]
-    copies_m, copies_v = _a(r["local_mean"]), _a(r["local_var"])
+    copies_m, copies_v = probes.f64(r["local_mean"]), probes.f64(r["local_var"])
 
     # the design: after one step with momentum 0 replica r's copy holds half r's batch statistics
     # (synchronized: the global batch's), within the update's float32 bound
     parts = (x0, x1) if not synchronized else (np.concatenate([x0, x1]),) * 2
-    local = [_ema_ref(p, 0.0, 1.0, momentum) for p in parts]
+    local = [probes.ema_step(p, 0.0, 1.0, momentum) for p in parts]
     _copies_as_designed(verdict, "replica{i}_copy", copies_m, copies_v, local,
                         f"replica i holds rows {HALF}i..{HALF}i+{HALF - 1}")
     # the no-synchronisation statistics of each half: the alternative both cases must be able to tell apart
-    alt = [_ema_ref(p, 0.0, 1.0, momentum) for p in (x0, x1)]
+    alt = [probes.ema_step(p, 0.0, 1.0, momentum) for p in (x0, x1)]
 
     if read == "saved":
         # the claim: the read is the average of the two float32 copies: their sum rounds once (<= u(|a|+|b|)),
         # the halving is exact; we allow u(|a|+|b|) on the average (two roundings' worth)
         avg_m, avg_v = copies_m.mean(axis=0), copies_v.mean(axis=0)
         b_avg_m, b_avg_v = U32 * np.abs(copies_m).sum(axis=0), U32 * np.abs(copies_v).sum(axis=0)
-        verdict.power("primary_replica_alternative_mean", alt[0][0] - avg_m, b_avg_m + alt[0][2])
+        # the bound sums the claim's (the average's) and the alternative's own (one replica's update) bounds
+        verdict.power("primary_replica_alternative_mean", alt[0][0] - avg_m, b_avg_m + alt[0][2], measured=True)
         ok = True
         reads = {"get_weights": (r["read_mean"], r["read_var"]), "save_load": (r["saved_mean"], r["saved_var"])}
         for name, (m, v) in reads.items():
-            ok &= verdict.within(f"{name}_mean_vs_replica_average", _a(m) - avg_m, b_avg_m)
-            ok &= verdict.within(f"{name}_var_vs_replica_average", _a(v) - avg_v, b_avg_v)
+            ok &= verdict.within(f"{name}_mean_vs_replica_average", probes.f64(m) - avg_m, b_avg_m)
+            ok &= verdict.within(f"{name}_var_vs_replica_average", probes.f64(v) - avg_v, b_avg_v)
         # mechanism of the Keras 3 refutation: what is read and saved is replica 0's copy, bitwise
         same = []
         for name, (m, v) in reads.items():
-            same.append(verdict.equal(f"{name}_mean_is_replica0_copy", _a(m), copies_m[0]))
-            same.append(verdict.equal(f"{name}_var_is_replica0_copy", _a(v), copies_v[0]))
+            same.append(verdict.equal(f"{name}_mean_is_replica0_copy", probes.f64(m), copies_m[0]))
+            same.append(verdict.equal(f"{name}_var_is_replica0_copy", probes.f64(v), copies_v[0]))
         differ = not np.array_equal(copies_m[0], copies_m[1])
         verdict.mechanism("primary_copy_saved", all(same) and differ,
                           f"get_weights/save equal replica 0's copy bitwise: {same}; copies differ: {differ}")
-        ev = verdict.evidence
         verdict.conclude(ok, f"replica copies' mean {np.round(copies_m[:, 0], 4).tolist()} (feature 0); saved "
-                             f"{round(float(_a(r['saved_mean'])[0]), 4)}, off the average by "
-                             f"{ev['save_load_mean_vs_replica_average']['value']:.3g} "
-                             f"(bound {ev['save_load_mean_vs_replica_average']['bound']:.2g})")
+                             f"{round(float(probes.f64(r['saved_mean'])[0]), 4)}, off the average by "
+                             f"{probes.within_text(verdict, 'save_load_mean_vs_replica_average', '.3g', '.2g')}")
         return
 
     # served: the same 8 queries as rows 0-7 (replica 0) and 8-15 (replica 1) of one global batch
-    gamma, beta = _a(r["gamma"]), _a(r["beta"])
-    served = _a(r["served"])
+    gamma, beta = probes.f64(r["gamma"]), probes.f64(r["beta"])
+    served = probes.f64(r["served"])
     if served.shape != (2 * HALF,) + xq.shape[1:]:
         pytest.fail(f"model.predict under the strategy returned shape {served.shape}, not {(2 * HALF,) + xq.shape[1:]}: "
                     "there is no served output to compare")
-    mean_s, var_s = _a(r["read_mean"]), _a(r["read_var"])  # what the saved model normalises with
+    mean_s, var_s = probes.f64(r["read_mean"]), probes.f64(r["read_var"])  # what the saved model normalises with
     ref = reference.bn_inference(xq, gamma, beta, mean_s, var_s, eps)
     bound = reference.bn_bound(xq, gamma, beta, mean_s, var_s, eps)
     # alternative: each replica serving with its own half's statistics
@@ -293,7 +287,7 @@ def test_replica_training_saves_and_serves_one_average(run, verdict, read, synch
     # mechanism of the Keras < 3.5 refutation: the replicas' gamma and beta differ too (each replica applied
     # its own gradient, not the all-reduced one), and each replica's rows are inference with all four of its
     # own copies
-    copies_g, copies_b = _a(r["local_gamma"]), _a(r["local_beta"])
+    copies_g, copies_b = probes.f64(r["local_gamma"]), probes.f64(r["local_beta"])
     trainables_differ = not (np.array_equal(copies_g[0], copies_g[1]) and np.array_equal(copies_b[0], copies_b[1]))
     verdict.record(replica_gamma_max_difference=float(np.max(np.abs(copies_g[0] - copies_g[1]))),
                    replica_beta_max_difference=float(np.max(np.abs(copies_b[0] - copies_b[1]))))
@@ -306,11 +300,10 @@ def test_replica_training_saves_and_serves_one_average(run, verdict, read, synch
     verdict.mechanism("replica_local_trainables", all(own_all) and trainables_differ,
                       f"each replica's rows within the bound of inference with its own gamma, beta and moving "
                       f"statistics: {own_all}; gamma/beta copies differ: {trainables_differ}")
-    ev = verdict.evidence
     verdict.conclude(ok, f"the same query served by replica 0 and 1 differs by up to "
-                         f"{ev['served_halves_max_difference']:.3g}; vs the saved model: "
-                         f"{ev['served_rows_replica0_vs_saved_model']['ratio']:.3g} and "
-                         f"{ev['served_rows_replica1_vs_saved_model']['ratio']:.3g} x bound")
+                         f"{probes.value_text(verdict, 'served_halves_max_difference', '.3g')}; vs the saved model: "
+                         f"{probes.ratio_text(verdict, 'served_rows_replica0_vs_saved_model')} and "
+                         f"{probes.ratio_text(verdict, 'served_rows_replica1_vs_saved_model')} x bound")
 
 
 # --------------------------------------------------------------------------- C07: the empty replica shard
@@ -319,10 +312,11 @@ def test_replica_training_saves_and_serves_one_average(run, verdict, read, synch
 @pytest.mark.claim("C07")
 @pytest.mark.parametrize("synchronized", (False, True))
 def test_empty_replica_shard(run, verdict, synchronized):
+    """After a partial batch leaving one replica's shard empty: non-finite statistics, weights, outputs, loss."""
     d = _results(run, "tf")
     c = d["c07"]
     r = c[f"sync={synchronized}"]
-    x = _a(c["x"])
+    x = probes.f64(c["x"])
     momentum = r["momentum"]
     steps = r["steps"]  # every replica's copy before fit and after each of its two batches
     if len(steps) != 3:
@@ -330,14 +324,14 @@ def test_empty_replica_shard(run, verdict, synchronized):
                     pytrace=False)
     verdict.record(child_seconds=d["child_seconds"])
     # the design: batch 0 gives replica r rows 8r..8r+7 (synchronized: every replica the 16 rows' statistics)
-    init_m, init_v = _a(steps[0]["mean"]), _a(steps[0]["var"])
-    step1_m, step1_v = _a(steps[1]["mean"]), _a(steps[1]["var"])
-    refs = [_ema_ref(x[:2 * HALF] if synchronized else x[i * HALF:(i + 1) * HALF], init_m[i], init_v[i], momentum)
+    init_m, init_v = probes.f64(steps[0]["mean"]), probes.f64(steps[0]["var"])
+    step1_m, step1_v = probes.f64(steps[1]["mean"]), probes.f64(steps[1]["var"])
+    refs = [probes.ema_step(x[:2 * HALF] if synchronized else x[i * HALF:(i + 1) * HALF], init_m[i], init_v[i], momentum)
             for i in range(2)]
     _copies_as_designed(verdict, "batch0_replica{i}", step1_m, step1_v, refs, "replica i's first shard")
 
     # batch 1 holds the 17th example only: replica 0 gets it, replica 1 an empty shard
-    step2_m, step2_v = _a(steps[2]["mean"]), _a(steps[2]["var"])
+    step2_m, step2_v = probes.f64(steps[2]["mean"]), probes.f64(steps[2]["var"])
     bad_copy = [verdict.count_nonfinite(f"replica{i}_moving_nonfinite", np.concatenate([step2_m[i], step2_v[i]]))
                 for i in range(2)]
     bad_read = verdict.count_nonfinite("get_weights_moving_nonfinite", np.concatenate([r["read_mean"], r["read_var"]]))
@@ -350,7 +344,7 @@ def test_empty_replica_shard(run, verdict, synchronized):
     if ok:  # finite: the empty replica's copy must be kept (local statistics) or take the global batch's update
         kept = verdict.equal("empty_replica_copy_kept", np.concatenate([step1_m[1], step1_v[1]]),
                              np.concatenate([step2_m[1], step2_v[1]]))
-        m_ref, v_ref, b_m, b_v = _ema_ref(x[2 * HALF:], step1_m[1], step1_v[1], momentum)
+        m_ref, v_ref, b_m, b_v = probes.ema_step(x[2 * HALF:], step1_m[1], step1_v[1], momentum)
         global_update = (verdict.within("empty_replica_mean_vs_global_update", step2_m[1] - m_ref, b_m)
                          & verdict.within("empty_replica_var_vs_global_update", step2_v[1] - v_ref, b_v))
         ok = kept or global_update

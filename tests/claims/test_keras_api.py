@@ -10,12 +10,34 @@ from bnspec import reference
 from tests.claims import _kit as probes
 from bnspec.measure.backend import to_numpy
 
+
+# --------------------------------------------------------------------------- helpers
+
 F16_MAX = float(np.finfo(np.float16).max)  # 65504
+
+AXIS_CASES = {  # layout -> (input shape, axis)
+    "dense_axis-1": ((60, 12), -1),
+    "dense_axis1": ((60, 12), 1),
+    "nhwc_axis-1": ((8, 5, 5, 6), -1),
+    "nhwc_axis3": ((8, 5, 5, 6), 3),
+    "nchw_axis1": ((8, 6, 5, 5), 1),
+}
+
+
+def _float16_alternative(x16, gamma, beta, mean, var, eps):
+    """What a float16 computation (no float32 upcast) would return, evaluated in numpy float16 (each
+    operation rounded to float16) in TensorFlow's order: inv = gamma * rsqrt(var + eps),
+    y = x * inv + (beta - mean * inv); the statistics arrive rounded to float16."""
+    f = np.float16
+    x, m, v = np.asarray(x16, f), np.asarray(mean, f), np.asarray(var, f)
+    inv = (np.asarray(gamma, f) / np.sqrt(v + f(eps))).astype(f)
+    return (x * inv + (np.asarray(beta, f) - m * inv)).astype(np.float64)
 
 
 @pytest.mark.claim("K08")
 @pytest.mark.parametrize("units", [3, 100])
 def test_initial_state_and_defaults(verdict, keras, units):
+    """A new layer's gamma, beta, moving mean and variance (bitwise 1, 0, 0, 1), momentum 0.99, epsilon 1e-3."""
     layer = keras.layers.BatchNormalization()
     layer.build((None, units))
     s = probes.bn_state(layer)
@@ -30,20 +52,11 @@ def test_initial_state_and_defaults(verdict, keras, units):
                      f"momentum {momentum}, epsilon {eps}")
 
 
-def _float16_alternative(x16, gamma, beta, mean, var, eps):
-    """What a float16 computation (no float32 upcast) would return, evaluated in numpy float16 (each
-    operation rounded to float16) in TensorFlow's order: inv = gamma * rsqrt(var + eps),
-    y = x * inv + (beta - mean * inv); the statistics arrive rounded to float16."""
-    f = np.float16
-    x, m, v = np.asarray(x16, f), np.asarray(mean, f), np.asarray(var, f)
-    inv = (np.asarray(gamma, f) / np.sqrt(v + f(eps))).astype(f)
-    return (x * inv + (np.asarray(beta, f) - m * inv)).astype(np.float64)
-
-
 @pytest.mark.claim("K09")
 @pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize("dtype", ["float32", "mixed_float16"])
 def test_mixed_precision_computes_in_float32(verdict, keras, device, rng, dtype, training):
+    """Output and variable dtypes, and the output vs the float32 computation's reference, float32 and mixed."""
     units, batch = 16, 60
     layer = probes.make_bn(keras, units, rng, dtype=dtype)
     layer.moving_mean.assign((200 + rng.normal(0, 1, units)).astype(np.float32))
@@ -63,9 +76,10 @@ def test_mixed_precision_computes_in_float32(verdict, keras, device, rng, dtype,
         bound = reference.bn_bound(xin, s["gamma"], s["beta"], mean, var, s["eps"])
     if mixed:  # one final rounding of the float32 result to float16
         bound = reference.float16_output_bound(ref, bound)
-        # the alternative the claim rules out: the same formula evaluated in float16
+        # the alternative the claim rules out: the same formula evaluated in float16 (numpy float16: the
+        # alternative's own rounding is in it, 1x)
         verdict.power("float16_computation_alternative",
-                      _float16_alternative(xin, s["gamma"], s["beta"], mean, var, s["eps"]) - ref, bound)
+                      _float16_alternative(xin, s["gamma"], s["beta"], mean, var, s["eps"]) - ref, bound, measured=True)
     ok = verdict.within("output_err", y - ref, bound)
     if mixed and not training:
         # the mechanism of older Keras 3 releases (seen on 3.0.5): under the mixed policy the float32
@@ -85,16 +99,16 @@ def test_mixed_precision_computes_in_float32(verdict, keras, device, rng, dtype,
                    float16_sum_of_squares_overflows=overflows,
                    sum_of_squares_float64=float(np.max(np.sum(xin**2, axis=0))), float16_max=F16_MAX)
     want_out = "float16" if mixed else "float32"
-    e = verdict.evidence["output_err"]
     verdict.conclude(ok and out_dtype == want_out and var_dtypes == ["float32"],
                      f"{dtype}: output {out_dtype}, variables {var_dtypes}, worst |y - float32 reference| "
-                     f"{e['value']:.2e} (bound {e['bound']:.2e}); a float16 sum of x^2 "
+                     f"{probes.within_text(verdict, 'output_err', bound_spec='.2e')}; a float16 sum of x^2 "
                      f"{'overflows' if overflows else 'does not overflow'}")
 
 
 @pytest.mark.claim("K10")
 @pytest.mark.parametrize("mask_via", ["argument", "masking_layer"])
 def test_mask_excludes_steps_from_statistics(verdict, keras, rng, mask_via):
+    """Training-mode outputs at the unmasked steps vs BN with the statistics of the unmasked steps only."""
     batch, steps, units = 8, 10, 4
     x = (rng.normal(0, 1, (batch, steps, units)) * 2 + 1).astype(np.float32)
     mask = rng.random((batch, steps)) > 0.3
@@ -116,14 +130,15 @@ def test_mask_excludes_steps_from_statistics(verdict, keras, rng, mask_via):
     verdict.power("mask_ignored_alternative", unmasked_ref - ref, bound)
     ok = verdict.within("output_err", y - ref, bound)
     verdict.record(masked_fraction=float(1 - mask.mean()))
-    e, p = verdict.evidence["output_err"], verdict.evidence["mask_ignored_alternative"]
-    verdict.conclude(ok, f"unmasked steps vs statistics over unmasked steps only: worst err {e['value']:.2e} "
-                         f"(bound {e['bound']:.1e}); with the mask ignored they would differ by {p['value']:.2f}")
+    verdict.conclude(ok, "unmasked steps vs statistics over unmasked steps only: worst err "
+                         f"{probes.within_text(verdict, 'output_err')}; with the mask ignored they would differ by "
+                         f"{probes.value_text(verdict, 'mask_ignored_alternative', '.2f')}")
 
 
 @pytest.mark.claim("K11")
 @pytest.mark.parametrize("training", [True, False])
 def test_synchronized_single_replica_equals_plain(verdict, keras, backend_name, rng, training):
+    """synchronized=True on one replica vs a plain layer with the same state: outputs and moving statistics."""
     if backend_name != "tensorflow":
         # Keras documents the argument as TensorFlow-only ("synchronized: Only applicable with the
         # TensorFlow backend", BatchNormalization's docstring) and its constructor refuses it elsewhere:
@@ -170,15 +185,15 @@ def test_synchronized_single_replica_equals_plain(verdict, keras, backend_name, 
         ok &= verdict.equal("moving_variance_synchronized_vs_plain", moving["moving_variance"][1],
                             moving["moving_variance"][0])
         ok &= verdict.equal("moving_mean_unchanged", moving["moving_mean"][1], s["mean"])
-    e = verdict.evidence["output_synchronized_vs_plain"]
-    verdict.conclude(ok, f"synchronized vs plain (training={training}): outputs differ by {e['value']:.2e} "
-                         f"(bound {e['bound']:.1e}); moving statistics "
+    verdict.conclude(ok, f"synchronized vs plain (training={training}): outputs differ by "
+                         f"{probes.within_text(verdict, 'output_synchronized_vs_plain')}; moving statistics "
                          f"{'within their EMA bounds' if training else 'bitwise equal'} where ok")
 
 
 @pytest.mark.claim("K12")
 @pytest.mark.parametrize("training", [False, None])
 def test_renorm_inference_equals_plain(verdict, keras, rng, training):
+    """A renorm=True layer in inference vs the plain inference formula and a plain layer with the same state."""
     units, batch = 32, 60
     plain = probes.make_bn(keras, units, rng)
     renorm = probes.bn_layer(keras, renorm=True)
@@ -195,31 +210,22 @@ def test_renorm_inference_equals_plain(verdict, keras, rng, training):
     ok = verdict.within("output_err", y - ref, bound)
     ok &= verdict.within("renorm_vs_plain", y - y_plain, 2 * bound)  # each within `bound` of the same exact result
     ok &= verdict.equal("moving_mean_unchanged", to_numpy(renorm.moving_mean), s["mean"])
-    verdict.record(renorm_variables=[getattr(w, "path", None) or w.name for w in renorm.weights])
-    e = verdict.evidence["output_err"]
-    verdict.conclude(ok, f"renorm layer in inference: worst |y - plain inference formula| {e['value']:.2e} "
-                         f"(bound {e['bound']:.1e})")
-
-
-AXIS_CASES = {  # layout -> (input shape, axis)
-    "dense_axis-1": ((60, 12), -1),
-    "dense_axis1": ((60, 12), 1),
-    "nhwc_axis-1": ((8, 5, 5, 6), -1),
-    "nhwc_axis3": ((8, 5, 5, 6), 3),
-    "nchw_axis1": ((8, 6, 5, 5), 1),
-}
+    verdict.record(renorm_variables=[probes.variable_name(w) for w in renorm.weights])
+    verdict.conclude(ok, "renorm layer in inference: worst |y - plain inference formula| "
+                         f"{probes.within_text(verdict, 'output_err')}")
 
 
 @pytest.mark.claim("K15")
 @pytest.mark.parametrize("layout", list(AXIS_CASES))
 def test_axis_is_the_feature_axis(verdict, keras, device, rng, layout):
+    """Training-mode output and moving mean for each `axis` vs BN with statistics per feature along that axis."""
     shape, axis = AXIS_CASES[layout]
     features = shape[axis]
     layer = probes.make_bn(keras, features, rng, input_shape=(None,) + shape[1:], axis=axis)
     s = probes.bn_state(layer)
     bshape = [1] * len(shape)
     bshape[axis] = features
-    x = (rng.normal(0, 1, shape) * rng.uniform(0.5, 3, bshape) + rng.normal(0, 2, bshape)).astype(np.float32)
+    x = probes.feature_inputs(rng, shape, axis)
     y = to_numpy(layer(x, training=True), np.float64)
     ref, mean, var = reference.bn_train(x, s["gamma"], s["beta"], s["eps"], axis=axis)
     m = x.size // features
@@ -238,14 +244,14 @@ def test_axis_is_the_feature_axis(verdict, keras, device, rng, layout):
     b_mean, _ = reference.ema_bounds(x, s["mean"], s["var"], float(layer.momentum), axis=axis)
     ok &= verdict.within("moving_mean_err", moved - exp_moved, b_mean)
     verdict.record(features=features, reduced_over=m)
-    e = verdict.evidence["output_err"]
     verdict.conclude(ok, f"{layout}: {features} features, statistics over {m} values each; "
-                         f"worst err {e['value']:.2e} (bound {e['bound']:.1e})")
+                         f"worst err {probes.within_text(verdict, 'output_err')}")
 
 
 @pytest.mark.claim("K16")
 @pytest.mark.parametrize("layout", ["dense_axis-1", "nhwc_axis-1", "nchw_axis1"])
 def test_moving_variance_is_biased_for_every_rank(verdict, keras, rng, layout):
+    """Moving variance after one momentum-0 call vs the biased batch variance (not m/(m-1) times it)."""
     shape, axis = AXIS_CASES[layout]
     features = shape[axis]
     layer = probes.make_bn(keras, features, rng, input_shape=(None,) + shape[1:], axis=axis, momentum=0.0)
@@ -262,12 +268,11 @@ def test_moving_variance_is_biased_for_every_rank(verdict, keras, rng, layout):
     got = to_numpy(layer.moving_variance, np.float64)
     # biased and unbiased predictions differ by var/(m-1): where that exceeds b_var + b_unbiased, no
     # value is within both bounds, so the test tells them apart
-    verdict.power("biased_vs_unbiased", var / (m - 1), b_var + b_unbiased)
+    verdict.power("biased_vs_unbiased", var / (m - 1), b_var + b_unbiased, measured=True)
     ok = verdict.within("err_biased", got - var, b_var)
     unbiased = verdict.within("err_unbiased", got - var * k, b_unbiased)
-    eu = verdict.evidence["err_unbiased"]
-    verdict.mechanism("unbiased_moving_variance", unbiased,
-                      f"moving variance vs m/(m-1) x batch variance: worst err {eu['value']:.2e} (bound {eu['bound']:.2e})")
+    verdict.mechanism("unbiased_moving_variance", unbiased, "moving variance vs m/(m-1) x batch variance: worst err "
+                      f"{probes.within_text(verdict, 'err_unbiased', bound_spec='.2e')}")
     ratio = float(np.mean(got / var))
     verdict.record(ratio_to_biased=ratio, unbiased_factor=k, elements_per_feature=m)
     verdict.conclude(ok, f"{layout}: moving variance / biased batch variance = {ratio:.5f} "

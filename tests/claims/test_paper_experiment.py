@@ -13,8 +13,12 @@ import numpy as np
 import pytest
 
 from bnspec.measure.verdict import finite
+from tests.claims import _kit as probes
 
 pytestmark = pytest.mark.slow
+
+
+# --------------------------------------------------------------------------- helpers
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +42,7 @@ def _acc(run, name: str) -> np.ndarray:
 
 @pytest.mark.claim("P07")
 def test_bn_network_is_at_least_as_accurate(verdict, runs):
+    """Test accuracy with BN vs without (lr 0.1): no lower at any checkpoint from step 5,000, higher at the last."""
     res, _ = runs
     steps = np.array([c["step"] for c in res["baseline-lr0.1"]["checkpoints"]])
     base, bn = _acc(res["baseline-lr0.1"], "baseline-lr0.1"), _acc(res["bn-lr0.1"], "bn-lr0.1")
@@ -55,6 +60,7 @@ def test_bn_network_is_at_least_as_accurate(verdict, runs):
 
 @pytest.mark.claim("P08")
 def test_bn_network_trains_faster(verdict, runs):
+    """The first checkpoint where BN reaches the baseline's final test accuracy vs half the baseline's steps."""
     res, s = runs
     steps = np.array([c["step"] for c in res["baseline-lr0.1"]["checkpoints"]])
     base, bn = _acc(res["baseline-lr0.1"], "baseline-lr0.1"), _acc(res["bn-lr0.1"], "bn-lr0.1")
@@ -71,6 +77,7 @@ def test_bn_network_trains_faster(verdict, runs):
 
 @pytest.mark.claim("P09")
 def test_sigmoid_inputs_are_more_stable_with_bn(verdict, runs):
+    """Drift of a sigmoid input's median and 15-85 percentile spread over the checkpoints, without BN vs with."""
     res, _ = runs
 
     def drift(name):  # range over the checkpoints of the median, and of the 15-85 percentile spread
@@ -83,15 +90,15 @@ def test_sigmoid_inputs_are_more_stable_with_bn(verdict, runs):
     spread = verdict.beyond("spread_drift_baseline_vs_bn", sd_base, sd_bn)
     verdict.record(median_drift_baseline=md_base, median_drift_bn=md_bn, spread_drift_baseline=sd_base,
                    spread_drift_bn=sd_bn)
-    factor = lambda name: (lambda r: r if isinstance(r, str) else f"{r:.1f}")(verdict.evidence[name]["ratio"])  # noqa: E731
     verdict.conclude(median and spread,
                      f"median drifts {md_base:.2f} without BN vs {md_bn:.2f} with "
-                     f"({factor('median_drift_baseline_vs_bn')}x); 15-85 spread {sd_base:.2f} vs "
-                     f"{sd_bn:.2f} ({factor('spread_drift_baseline_vs_bn')}x)")
+                     f"({probes.ratio_text(verdict, 'median_drift_baseline_vs_bn', '.1f')}x); 15-85 spread {sd_base:.2f} "
+                     f"vs {sd_bn:.2f} ({probes.ratio_text(verdict, 'spread_drift_baseline_vs_bn', '.1f')}x)")
 
 
 @pytest.mark.claim("P10")
 def test_higher_learning_rate(verdict, runs):
+    """Final test accuracies: BN at lr 0.5 vs the baseline at lr 0.1, and vs the baseline at lr 0.5."""
     res, _ = runs
     fa = {k: float(_acc(v, k)[-1]) for k, v in res.items()}
     verdict.record(**{f"final_{k}": v for k, v in fa.items()})

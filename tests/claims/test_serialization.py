@@ -18,6 +18,7 @@ from bnspec.measure.verdict import finite
 @pytest.mark.claim("K13")
 @pytest.mark.parametrize("training", [True, False])
 def test_config_round_trip(verdict, keras, rng, training):
+    """A from_config() clone vs the original: outputs in both modes, moving statistics after one training step."""
     units, batch, momentum, eps = 20, 60, 0.9, 1e-2  # not the defaults (0.99, 1e-3): a lost argument shows
     kwargs = {"axis": -1, "momentum": momentum, "epsilon": eps, "center": True, "scale": True}
     layer = probes.make_bn(keras, units, rng, **kwargs)
@@ -38,7 +39,7 @@ def test_config_round_trip(verdict, keras, rng, training):
         # so that two equally wrong layers cannot pass. `alternative`: what a clone that fell back to
         # the default epsilon (1e-3) would compute, which the comparison must be able to see.
         y1, y2 = (to_numpy(lyr(x, training=mode == "training"), np.float64) for lyr in (layer, clone))
-        verdict.power(f"{mode}_default_epsilon_alternative", alternative - ref, 2 * bound)
+        verdict.power(f"{mode}_default_epsilon_alternative", alternative - ref, bound)
         same = verdict.within(f"{mode}_output_clone_vs_original", y2 - y1, 2 * bound)
         return same & verdict.within(f"{mode}_output_clone_vs_reference", y2 - ref, bound)
 
@@ -52,26 +53,21 @@ def test_config_round_trip(verdict, keras, rng, training):
     for name, old, batch_value, bnd in (("moving_mean", s["mean"], mean, b_mean), ("moving_variance", s["var"], var, b_var)):
         want = reference.ema(old, batch_value, momentum)
         # a clone with the default momentum 0.99 would move its statistics by a tenth as much
-        verdict.power(f"{name}_default_momentum_alternative", reference.ema(old, batch_value, 0.99) - want, 2 * bnd)
+        verdict.power(f"{name}_default_momentum_alternative", reference.ema(old, batch_value, 0.99) - want, bnd)
         got_o, got_c = (to_numpy(getattr(lyr, name), np.float64) for lyr in (layer, clone))
         ok &= verdict.within(f"{name}_clone_vs_original", got_c - got_o, 2 * bnd)
         ok &= verdict.within(f"{name}_clone_vs_reference", got_c - want, bnd)
     strip = lambda c: {k: v for k, v in c.items() if k != "name"}  # noqa: E731  (names are unique by design)
     verdict.record(same_config_auxiliary=strip(clone.get_config()) == strip(config))
-    worst = max((k for k in verdict.evidence if k.endswith("_vs_original")),
-                key=lambda k: verdict.evidence[k]["ratio"] if verdict.evidence[k]["ratio"] != "inf" else np.inf)
-    e = verdict.evidence[worst]
+    worst = max((k for k in verdict.evidence if k.endswith("_vs_original")), key=lambda k: probes.ratio(verdict, k))
     verdict.conclude(ok, f"clone vs original, outputs in {'training' if training else 'inference and training'} mode "
-                         f"and moving statistics after one step: worst {worst} {e['value']:.2e} (bound {e['bound']:.1e})")
-
-
-def _flat(arrays) -> np.ndarray:
-    return np.concatenate([np.ravel(np.asarray(a, np.float64)) for a in arrays])
+                         f"and moving statistics after one step: worst {worst} {probes.within_text(verdict, worst)}")
 
 
 @pytest.mark.claim("K14")
 @pytest.mark.parametrize("model", ["functional", "sequential", "functional_hardcoded"])
 def test_keras_file_round_trip(verdict, keras, rng, tmp_path, model):
+    """A model saved as .keras and loaded vs the original, bitwise: weights, outputs, statistics after a step."""
     spec = ModelSpec(kind=model.split("_")[0], hardcoded_training=model.endswith("hardcoded"))
     original = compile_model(build(spec, keras), keras)
     probes.randomise_model_bn(original, rng)
@@ -91,7 +87,8 @@ def test_keras_file_round_trip(verdict, keras, rng, tmp_path, model):
     ok = len(original.weights) == len(loaded.weights)
     verdict.record(variables_original=len(original.weights), variables_loaded=len(loaded.weights))
     if ok:
-        ok = same("weights", _flat(to_numpy(w) for w in original.weights), _flat(to_numpy(w) for w in loaded.weights))
+        ok = same("weights", probes.flat(to_numpy(w) for w in original.weights),
+                  probes.flat(to_numpy(w) for w in loaded.weights))
     else:
         differ.append("number of variables")
     x = rng.normal(0, 1, (10, 784)).astype(np.float32)
@@ -100,7 +97,7 @@ def test_keras_file_round_trip(verdict, keras, rng, tmp_path, model):
     # power: a load that dropped the moving statistics (back to 0 and 1) would change the inference outputs
     reset = [dict(lyr, mean=np.zeros_like(lyr["mean"]), var=np.ones_like(lyr["var"])) if "gamma" in lyr else lyr
              for lyr in layers]
-    verdict.power("lost_moving_statistics_alternative", reference.mlp_inference(x, reset)[0] - ref, 2 * bound)
+    verdict.power("lost_moving_statistics_alternative", reference.mlp_inference(x, reset)[0] - ref, bound)
     outs = {}
     for entry in ("call", "predict"):  # single examples: a hard-coded layer would collapse them
         a, b = (np.concatenate([probes.run_entry(m, entry, x[i : i + 1], None) for i in range(10)])
@@ -113,15 +110,15 @@ def test_keras_file_round_trip(verdict, keras, rng, tmp_path, model):
     if spec.hardcoded_training:
         # power: model(x) keeps the baked-in training=True, so a load that lost it would give the
         # inference outputs instead; the original's must differ from those beyond the rounding bound
-        verdict.power("lost_hardcoded_flag_alternative", outs["call"] - ref, 2 * bound)
+        verdict.power("lost_hardcoded_flag_alternative", outs["call"] - ref, bound)
     # training mode on one batch of 10: outputs, and the moving statistics this step leaves behind
     ok &= same("training_outputs", to_numpy(original(x, training=True)), to_numpy(loaded(x, training=True)))
     # power: the step must have moved the statistics (bitwise), or comparing them after it shows nothing
-    verdict.power("training_step_moves_moving_mean", _flat(to_numpy(lyr.moving_mean) for lyr in bn_layers(original))
-                  - _flat(lyr["mean"] for lyr in layers if "gamma" in lyr), 0.0)
+    verdict.power("training_step_moves_moving_mean", probes.flat(to_numpy(lyr.moving_mean) for lyr in bn_layers(original))
+                  - probes.flat(lyr["mean"] for lyr in layers if "gamma" in lyr), 0.0, measured=True)
     for name in ("moving_mean", "moving_variance"):
-        ok &= same(f"{name}_after_training_step", _flat(to_numpy(getattr(lyr, name)) for lyr in bn_layers(original)),
-                   _flat(to_numpy(getattr(lyr, name)) for lyr in bn_layers(loaded)))
+        ok &= same(f"{name}_after_training_step", probes.flat(to_numpy(getattr(lyr, name)) for lyr in bn_layers(original)),
+                   probes.flat(to_numpy(getattr(lyr, name)) for lyr in bn_layers(loaded)))
     verdict.conclude(ok, f"{model}: weights, single-example model(x) and predict outputs, training-mode outputs and the "
                          f"moving statistics after one step " + (f"differ in {', '.join(differ)}" if differ
                                                                  else "bitwise equal after loading"))

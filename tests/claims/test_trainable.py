@@ -18,46 +18,7 @@ from bnspec.measure.backend import to_numpy
 from bnspec.subjects.model import KINDS, ModelSpec, bn_layers, build, compile_model
 
 
-@pytest.mark.claim("K04")
-@pytest.mark.parametrize("training", [True, False, None])
-def test_frozen_layer_runs_in_inference_mode(verdict, keras, device, rng, training):
-    layer = probes.make_bn(keras, 100, rng)
-    layer.trainable = False
-    x = (rng.normal(0, 1, (60, 100)) * 2 + 1).astype(np.float32)
-    s = probes.bn_state(layer)
-    y = to_numpy(layer(x) if training is None else layer(x, training=training), np.float64)
-    after = probes.bn_state(layer)
-
-    ref = reference.bn_inference(x, s["gamma"], s["beta"], s["mean"], s["var"], s["eps"])
-    bound = reference.bn_bound(x, s["gamma"], s["beta"], s["mean"], s["var"], s["eps"])
-    batch_mode = reference.bn_train(x, s["gamma"], s["beta"], s["eps"])[0]  # training mode's output
-    # 2x: a float32 batch-statistics layer may sit one bound from its own exact output
-    verdict.power("batch_statistics_alternative", batch_mode - ref, 2 * bound)
-    ok = verdict.within("output_vs_inference_formula", y - ref, bound)
-    mean_same = verdict.equal("moving_mean_unchanged", s["mean"], after["mean"])
-    var_same = verdict.equal("moving_variance_unchanged", s["var"], after["var"])
-    ev = verdict.evidence
-    verdict.conclude(ok and mean_same and var_same,
-                     f"max |y - inference formula| = {ev['output_vs_inference_formula']['value']:.2e} (worst ratio to "
-                     f"its bound {ev['output_vs_inference_formula']['ratio']}); moving statistics "
-                     f"{'bitwise unchanged' if mean_same and var_same else 'changed'}")
-
-
-@pytest.mark.claim("K05")
-@pytest.mark.parametrize("trainable", [True, False])
-def test_which_weights_are_trainable(verdict, keras, rng, trainable):
-    layer = probes.make_bn(keras, 100, rng)
-    layer.trainable = trainable
-
-    def names(ws):
-        return sorted((getattr(w, "path", None) or w.name).split("/")[-1].split(":")[0] for w in ws)
-
-    tr, non = names(layer.trainable_weights), names(layer.non_trainable_weights)
-    want_tr = ["beta", "gamma"] if trainable else []
-    want_non = ["moving_mean", "moving_variance"] + ([] if trainable else ["beta", "gamma"])
-    verdict.record(trainable_weights=tr, non_trainable_weights=non)
-    verdict.conclude(tr == want_tr and non == sorted(want_non), f"trainable {tr}; non-trainable {non}")
-
+# --------------------------------------------------------------------------- helpers
 
 # Keras 3 on JAX: fit() after a `trainable` change without compile() runs a training step whose
 # optimizer was built for the old list of trainable variables; its stateless_apply refuses the new,
@@ -73,9 +34,52 @@ def _stale_optimizer_rejection(exc: ValueError):
     return (int(m.group(1)), int(m.group(2))) if m else None
 
 
+@pytest.mark.claim("K04")
+@pytest.mark.parametrize("training", [True, False, None])
+def test_frozen_layer_runs_in_inference_mode(verdict, keras, device, rng, training):
+    """A trainable=False layer called with training True, False or unset: inference output, state unchanged."""
+    layer = probes.make_bn(keras, 100, rng)
+    layer.trainable = False
+    x = (rng.normal(0, 1, (60, 100)) * 2 + 1).astype(np.float32)
+    s = probes.bn_state(layer)
+    y = to_numpy(layer(x) if training is None else layer(x, training=training), np.float64)
+    after = probes.bn_state(layer)
+
+    ref = reference.bn_inference(x, s["gamma"], s["beta"], s["mean"], s["var"], s["eps"])
+    bound = reference.bn_bound(x, s["gamma"], s["beta"], s["mean"], s["var"], s["eps"])
+    batch_mode = reference.bn_train(x, s["gamma"], s["beta"], s["eps"])[0]  # training mode's output
+    # exact (verdict.power's 2x): a float32 batch-statistics layer may sit one bound from its own exact output
+    verdict.power("batch_statistics_alternative", batch_mode - ref, bound)
+    ok = verdict.within("output_vs_inference_formula", y - ref, bound)
+    mean_same = verdict.equal("moving_mean_unchanged", s["mean"], after["mean"])
+    var_same = verdict.equal("moving_variance_unchanged", s["var"], after["var"])
+    verdict.conclude(ok and mean_same and var_same,
+                     f"max |y - inference formula| = {probes.value_text(verdict, 'output_vs_inference_formula')} (worst "
+                     f"ratio to its bound {probes.ratio_text(verdict, 'output_vs_inference_formula')}); moving statistics "
+                     f"{'bitwise unchanged' if mean_same and var_same else 'changed'}")
+
+
+@pytest.mark.claim("K05")
+@pytest.mark.parametrize("trainable", [True, False])
+def test_which_weights_are_trainable(verdict, keras, rng, trainable):
+    """The names in trainable_weights and non_trainable_weights of a trainable and of a frozen layer."""
+    layer = probes.make_bn(keras, 100, rng)
+    layer.trainable = trainable
+
+    def names(ws):
+        return sorted(probes.variable_name(w).split("/")[-1].split(":")[0] for w in ws)
+
+    tr, non = names(layer.trainable_weights), names(layer.non_trainable_weights)
+    want_tr = ["beta", "gamma"] if trainable else []
+    want_non = ["moving_mean", "moving_variance"] + ([] if trainable else ["beta", "gamma"])
+    verdict.record(trainable_weights=tr, non_trainable_weights=non)
+    verdict.conclude(tr == want_tr and non == sorted(want_non), f"trainable {tr}; non-trainable {non}")
+
+
 @pytest.mark.claim("K06")
 @pytest.mark.parametrize("recompile", ["no", "yes"])
 def test_trainable_change_needs_recompile(verdict, keras, rng, recompile):
+    """fit() after freezing a BN layer of a fitted model, with or without recompiling: does its gamma train?"""
     model = compile_model(build(ModelSpec(), keras), keras)
     x = rng.normal(0, 1, (60, 784)).astype(np.float32)
     y = np.eye(10, dtype=np.float32)[rng.integers(0, 10, 60)]
@@ -116,7 +120,7 @@ def test_trainable_change_needs_recompile(verdict, keras, rng, recompile):
         return
     # the control: fit trained the model at all (a layer left trainable moves its gamma; bound 0 = any
     # bitwise change), else an unchanged frozen gamma would say nothing
-    verdict.power("trainable_layer_gamma_change", to_numpy(control.gamma, np.float64) - control_gamma, 0.0)
+    verdict.power("trainable_layer_gamma_change", to_numpy(control.gamma, np.float64) - control_gamma, 0.0, measured=True)
     gamma_same = verdict.equal("frozen_gamma_unchanged", gamma, to_numpy(frozen.gamma))
     mean_same = verdict.equal("frozen_moving_mean_unchanged", mean, to_numpy(frozen.moving_mean))
     verdict.mechanism("stale_training_step_raises", False, "fit() ran")
@@ -127,16 +131,16 @@ def test_trainable_change_needs_recompile(verdict, keras, rng, recompile):
                       f"{'bitwise unchanged' if mean_same else 'moved'} while a trainable layer's gamma moved")
     # recompile=no: the claim holds if the old (unfrozen) behaviour goes on; yes: if the freeze took effect
     holds = not gamma_same if recompile == "no" else gamma_same
-    ev = verdict.evidence
     verdict.conclude(holds, f"after trainable=False ({'with' if recompile == 'yes' else 'without'} recompiling) "
-                            f"fit changed gamma by {ev['frozen_gamma_unchanged']['value']:.2e}, the moving mean by "
-                            f"{ev['frozen_moving_mean_unchanged']['value']:.2e} (a trainable layer's gamma by "
-                            f"{ev['trainable_layer_gamma_change']['value']:.2e})")
+                            f"fit changed gamma by {probes.value_text(verdict, 'frozen_gamma_unchanged')}, the moving "
+                            f"mean by {probes.value_text(verdict, 'frozen_moving_mean_unchanged')} (a trainable layer's "
+                            f"gamma by {probes.value_text(verdict, 'trainable_layer_gamma_change')})")
 
 
 @pytest.mark.claim("K07")
 @pytest.mark.parametrize("kind", KINDS)
 def test_bn_parameter_count(verdict, keras, kind):
+    """(parameters, trainable parameters) of each BN layer of the notebook's model: three of (400, 200)."""
     layers = bn_layers(build(ModelSpec(kind=kind), keras))
     counts = [(layer.count_params(), sum(int(np.prod(w.shape)) for w in layer.trainable_weights)) for layer in layers]
     verdict.record(bn_layers=len(layers), params_and_trainable=counts)
@@ -147,6 +151,7 @@ def test_bn_parameter_count(verdict, keras, kind):
 @pytest.mark.claim("N03")
 @pytest.mark.parametrize("entry", ["predict", "call"])
 def test_frozen_model_still_uses_batch_statistics(verdict, keras, rng, entry):
+    """Single examples through a frozen model whose BN hard-codes training=True: collapsed or inference logits."""
     model = compile_model(build(ModelSpec(hardcoded_training=True), keras), keras)
     probes.randomise_model_bn(model, rng)
     model.trainable = False
@@ -156,7 +161,7 @@ def test_frozen_model_still_uses_batch_statistics(verdict, keras, rng, entry):
     # act(beta) @ W_out + b_out, the notebook's collapse); the test needs them told apart
     inf_logits, inf_bound = reference.mlp_inference(x, probes.mlp_reference_layers(model))
     col_logits, col_bound = probes.collapsed_logits(model), probes.collapse_bound(model)
-    verdict.power("inference_vs_collapsed_reference", inf_logits - col_logits, inf_bound + col_bound)
+    verdict.power("inference_vs_collapsed_reference", inf_logits - col_logits, inf_bound + col_bound, measured=True)
     moving_before = probes.moving_state(bn_layers(model))
     logits = np.concatenate([probes.run_entry(model, entry, x[i : i + 1], None) for i in range(10)])
     moving_same = verdict.equal("moving_unchanged", moving_before, probes.moving_state(bn_layers(model)))
@@ -166,7 +171,7 @@ def test_frozen_model_still_uses_batch_statistics(verdict, keras, rng, entry):
     verdict.record(distinct_classes=classes)
     verdict.mechanism("inference_mode", inference,
                       f"logits {'equal' if inference else 'do not equal'} the inference-mode reference within its "
-                      f"bound (worst ratio {verdict.evidence['logits_vs_inference_reference']['ratio']}); moving "
+                      f"bound (worst ratio {probes.ratio_text(verdict, 'logits_vs_inference_reference')}); moving "
                       f"statistics {'bitwise unchanged' if moving_same else 'changed'}")
     verdict.conclude(collapsed,
                      f"trainable=False, hard-coded training=True: 10 single examples -> {classes} class(es); the logits "

@@ -14,6 +14,7 @@ from bnspec.measure.verdict import finite
 
 @pytest.mark.claim("N01")
 def test_list_copy_aliases_numpy_snapshots(verdict, keras, rng):
+    """After a training call: a list.copy() of the weights follows the moving mean, a .numpy() snapshot does not."""
     layer = probes.make_bn(keras, 100, rng)
     copied = layer.weights.copy()  # a new list, the same variable objects
     snapshot = [w.numpy() for w in layer.weights]  # the claim's own spelling
@@ -23,7 +24,7 @@ def test_list_copy_aliases_numpy_snapshots(verdict, keras, rng):
     new = to_numpy(layer.moving_mean, np.float64)
 
     # the test's power: the training call did move the moving mean (bound 0: any bitwise change)
-    verdict.power("moving_mean_moved", new - old, 0.0)
+    verdict.power("moving_mean_moved", new - old, 0.0, measured=True)
     aliased = all(a is b for a, b in zip(copied, layer.weights, strict=True))
     copy_follows = verdict.equal("list_copy_vs_variable", to_numpy(copied[i]), new)
     snapshot_kept = verdict.equal("numpy_snapshot_vs_old_value", snapshot[i], old)
@@ -31,11 +32,12 @@ def test_list_copy_aliases_numpy_snapshots(verdict, keras, rng):
     verdict.conclude(aliased and copy_follows and snapshot_kept,
                      f"list.copy() holds the same variables ({aliased}) and follows the update ({copy_follows}); "
                      f"the .numpy() snapshot keeps the old value ({snapshot_kept}) while the moving mean moved by "
-                     f"{verdict.evidence['moving_mean_moved']['value']:.2e}")
+                     f"{probes.value_text(verdict, 'moving_mean_moved')}")
 
 
 @pytest.mark.claim("N08")
 def test_one_bn_layer_object_in_two_places(verdict, keras, rng):
+    """Whether a second call of the same BN object in one model is rejected, or shares its four variables there."""
     shared = keras.layers.BatchNormalization(name="shared_bn")
     inputs = keras.Input(shape=(784,))
     h = keras.layers.Activation("tanh")(shared(keras.layers.Dense(100)(inputs)))
@@ -54,7 +56,7 @@ def test_one_bn_layer_object_in_two_places(verdict, keras, rng):
         x = rng.normal(0, 1, (60, 784)).astype(np.float32)
         finite("outputs of the model with the shared layer", to_numpy(model(x, training=True)))  # a NaN is an error
         out_finite = True
-        bn_vars = [w for w in model.weights if "shared_bn" in (getattr(w, "path", None) or w.name)]
+        bn_vars = [w for w in model.weights if "shared_bn" in probes.variable_name(w)]
         n_vars = len(bn_vars)
         same_objects = {id(w) for w in bn_vars} == {id(w) for w in shared.weights}
     try:  # a control: a different feature size cannot share gamma/beta, and is rejected with a ValueError

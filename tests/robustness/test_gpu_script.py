@@ -80,7 +80,9 @@ def test_gpu_script_runs_claims_concurrently_then_budgeted_benchmarks_with_jax_p
         assert _opt(c["argv"], "--benchmark-json") == str(out / f"bench-{b}.json")
         assert c["argv"][c["argv"].index("-k") + 1] == "nhwc_512 and not eager"  # one argument
         budgets.append(float(_opt(c["argv"], "--bench-budget-s")))
-    assert sum(budgets) <= 400 and min(budgets) >= 30, budgets
+    # each backend gets its share of the time left when it starts: half of it, less start-up, for the first;
+    # the rest for the last, which inherits what the first (done at once here) did not use
+    assert 170 <= budgets[0] <= (400 - 2 * 20) / 2 and budgets[0] < budgets[1] <= 400 - 20, budgets
     assert len(described) == 1 and described[0]["argv"][1:3] == [str(out / "bench-run.json"), "gpu"]
     assert described[0]["t"] > max(c["t"] for c in benches)
 

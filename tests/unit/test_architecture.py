@@ -122,7 +122,7 @@ def test_only_the_run_module_reads_the_run_identity_from_the_environment(name):
     assert not reads, f"{name} reads the run's identity from the environment: {reads}; take a bnspec.run.Run instead"
 
 
-ENTRY_POINTS = {"bnspec.cli", "bnspec.measure.plugin", "bnspec.harness.mutants", "bnspec.audit", "bnspec.audit.cli",
+ENTRY_POINTS = {"bnspec.cli", "bnspec.measure.plugin", "bnspec.harness.mutants", "bnspec.harness.seeds", "bnspec.audit", "bnspec.audit.cli",
                 "bnspec.subjects.replicas", "bnspec.run"}  # replicas: its child's main(); audit: the check() API
 
 

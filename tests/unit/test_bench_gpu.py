@@ -208,3 +208,37 @@ def test_jax_gpu_path_on_the_cpu_computes_bn(mode):
     bench = FakeBenchmark()
     plan, _ = tt._measure_batched(bench, call, sync, (0.01, 3), call_s=1e-3)
     assert bench.runs == [(plan.rounds, 1)] and bench.extra_info["calls"] == plan.calls == 2
+
+
+def test_batched_rounds_through_pytest_benchmark_reach_the_report_per_call(pytester, monkeypatch):
+    """A batched case timed by pytest-benchmark itself (its pedantic loop, its JSON), read back by
+    bnspec.report.bench: the stats are per round of `calls` calls, the report's time is per call."""
+    import json
+    import os
+
+    from bnspec.report import bench
+    from tests.helpers import ROOT
+
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    pytester.makepyfile(test_batched="""
+        import time
+        from tests.benchmarks import _impls
+
+        def test_sleepy_call(benchmark):
+            def call():
+                time.sleep(0.0005)  # a kernel of 0.5 ms
+                return 1
+            plan, _ = _impls._measure_batched(benchmark, call, None, (0.05, 3), call_s=0.0005)
+            assert plan.calls == 4  # 4 x 0.5 ms >= the 2 ms a round lasts at least
+            benchmark.extra_info.update(shape="s", mode="inference", impl="x", bytes=4e6, elements=1e6, device="gpu",
+                                        backend="torch")
+    """)
+    out = pytester.path / "bench.json"
+    result = pytester.runpytest_subprocess("-p", "no:xdist", "-p", "no:cacheprovider", f"--benchmark-json={out}")
+    result.assert_outcomes(passed=1)
+    saved = json.loads(out.read_text())
+    (row,) = bench.rows(saved)
+    (raw,) = saved["benchmarks"]
+    assert raw["extra_info"]["calls"] == 4 and raw["stats"]["rounds"] == 25
+    assert raw["stats"]["median"] == pytest.approx(4 * row["median_s"])
+    assert 0.0005 <= row["median_s"] < 0.005  # per call: the sleep, not the round

@@ -259,11 +259,12 @@ def _args(out: Path, home: Path, *extra: str):
     return parser.parse_args(["mutants", "--out", str(out), "--home", str(home), *extra])
 
 
-def _fake_harness(header):
-    """harness.harness without pytest: every selected mutant killed by its named claims, the control clean."""
+def _fake_harness(header, edited=()):
+    """harness.harness without pytest: every selected mutant killed by its named claims, the control clean;
+    the mutants in `edited` ran after the measuring code was edited."""
     def fake(run, selected, out, home_root, jobs=2, workers=1, timeout=900, control=True, log=print):
-        rows = {m.name: harness.judge(m, {"killers": {c: [f"t::{c}"] for c in m.claims}})
-                | {"measured": harness.measured(header, m.name)} for m in selected}
+        rows = {m.name: harness.judge(m, {"killers": {c: [f"t::{c}"] for c in m.claims}}) | {"measured": harness.measured(
+            header, m.name, {"fingerprint": "e" * 16} if m.name in edited else None)} for m in selected}
         ctl = {"claims_run": [], "killers": {}, "verdict": "clean",
                "measured": harness.measured(header, mutants.CONTROL)} if control else None
         doc = harness.document(rows, header, 30.0, baseline={"claims": [], "test_cases": 0, "broken": []}, control=ctl)
@@ -302,7 +303,7 @@ def test_only_keeps_earlier_rows_with_what_measured_them(tmp_path, monkeypatch, 
     head = page[2]
     assert len(head) <= 300  # bnspec.report.MAX_LINE: REPORT.md carries this line
     assert head.startswith("**1 of 1 mutants killed") and "Keras 3.15.1, TensorFlow 2.21.0" in head
-    assert "3.14" not in head and head.endswith(" 2 row(s) kept from runs under another environment or code (†) "
+    assert "3.14" not in head and head.endswith(" 2 row(s) measured under another environment or code (†) "
                                                 "are not counted.")
     table = {ln.split("`")[1]: ln for ln in page if ln.startswith("| `")}
     assert list(table) == ["torch-momentum", "mask-ignored", "beta-ignored"]  # the catalogue's order
@@ -312,7 +313,8 @@ def test_only_keeps_earlier_rows_with_what_measured_them(tmp_path, monkeypatch, 
     assert kept == ["- `torch-momentum`: Keras 3.14.0, TensorFlow 2.20.0; measuring code not recorded (differs from "
                     "this run in: Keras, TensorFlow, measuring code, the mutant's code)"]
     control = [ln for ln in page if ln.startswith("Control")]
-    assert len(control) == 1 and control[0].startswith("Control †: not run with this run's environment and code")
+    assert len(control) == 1 and control[0].startswith("Control †: not measured as the header says (kept from an earlier run, or the "
+                                                      "code changed while it ran); it was clean (Keras 3.14.0,")
 
 
 def test_only_counts_a_kept_row_measured_alike_and_marks_older_code(tmp_path, monkeypatch):
@@ -332,7 +334,7 @@ def test_only_counts_a_kept_row_measured_alike_and_marks_older_code(tmp_path, mo
     assert now == {"torch-momentum", "mask-ignored", "beta-ignored"}
     assert report.current(doc, mutants.CONTROL, doc["control"])
     lines = report.render_section(doc)
-    assert lines[0].startswith("**3 of 3 mutants killed") and " 1 row(s) kept from runs" in lines[0]
+    assert lines[0].startswith("**3 of 3 mutants killed") and " 1 row(s) measured under another" in lines[0]
     assert [ln for ln in lines if ln.startswith("- `gamma-ignored`:")] == [
         "- `gamma-ignored`: Keras 3.15.1, TensorFlow 2.21.0, Python 3.12.3; measuring code 0000000000000000 on "
         f"{doc['mutants']['gamma-ignored']['measured']['finished']} (differs from this run in: measuring code)"]
@@ -346,3 +348,17 @@ def test_a_kept_row_of_a_changed_mutant_is_marked():
     doc["mutants"]["beta-ignored"]["measured"]["mutant_code"] = "changed"
     assert not report.current(doc, "beta-ignored", doc["mutants"]["beta-ignored"])
     assert "(differs from this run in: the mutant's code)" in "\n".join(report.render_section(doc))
+
+
+def test_a_row_measured_after_the_code_changed_mid_run_is_marked(tmp_path, monkeypatch, capsys):
+    """The measuring code is edited while the harness runs (a shared working tree): the rows measured after
+    the edit carry the new fingerprint, are marked and not counted by the header, and the run says so."""
+    monkeypatch.setattr(harness, "harness", _fake_harness(HEADER, edited=("mask-ignored",)))
+    out = tmp_path / "out"
+    assert harness.run(_args(out, tmp_path / "home", "--only", "torch-momentum,mask-ignored")) == 0
+    assert "the measuring code changed during the runs of mask-ignored (marked)" in capsys.readouterr().out
+    doc = report.read(out / "results.json")
+    lines = report.render_section(doc)
+    assert lines[0].startswith("**1 of 1 mutants killed") and " 1 row(s) measured under another" in lines[0]
+    assert [ln for ln in lines if ln.startswith("- `mask-ignored`:")][0].endswith(
+        "(differs from this run in: measuring code)")

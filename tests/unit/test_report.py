@@ -107,7 +107,7 @@ def test_landing_page_matches_the_golden_file(small_catalogue, tmp_path):
         assert text == golden.read_text(), f"{name} differs from {golden} (delete it to regenerate after review)"
     first = md.split("\n## ")[0]  # the first screen: sentence, matrix, legend
     assert first.startswith("# bnspec") and "8 claim verdicts (4 claims x 2 runs): 3 hold, 1 refuted as expected, 1 mixed as expected" in first
-    assert "| [B01](#b01) | mixed by case | ◐° | ⚠† |" in first
+    assert "| [B01](CLAIMS.md#b01) | mixed by case | ◐° | ⚠† |" in first
     assert max(len(line) for line in md.splitlines()) <= report.MAX_LINE
 
 
@@ -210,7 +210,7 @@ def test_a_case_the_latest_run_skipped_is_kept_and_shown_as_inherited(small_cata
     assert s["A02"].status == v.REFUTED and s["A02"].inherited and not s["A01"].inherited
     pages = report.render([merged], tmp_path, fingerprint="f00d")
     md, ev = pages["REPORT.md"], pages["EVIDENCE.md"]
-    assert "| [A02](#a02) | refuted on keras3 | ✗ⁱ |" in md and "| [A01](#a01) | always holds | ✓ |" in md
+    assert "| [A02](CLAIMS.md#a02) | refuted on keras3 | ✗ⁱ |" in md and "| [A01](CLAIMS.md#a01) | always holds | ✓ |" in md
     assert "1 of them rest partly on inherited cases (ⁱ)" in md
     # the runs line names both environments, with how many cases each measured
     assert "`keras3` = Keras 3.15.1, TensorFlow 2.21.0, Python 3.11.7, CPU (1 cases, 2026-12-04)" in md
@@ -247,7 +247,7 @@ def test_a_gpu_run_is_compared_with_its_cpu_column_not_added_to_the_matrix(small
     assert "Keras 3.15.1, jax 0.11.2, Python 3.11.7, GPU 1 x NVIDIA H200 (driver 580.1, CUDA 13.0)" in gpu_part
     assert "† stale" in gpu_part  # measured by older code: never shown as current
     assert "Same verdict as the CPU on 1 of 2 paired cases" in gpu_part
-    assert "- A02 `-`: GPU ‼ unexpected, CPU ✗ refuted" in gpu_part
+    assert "- A02 (1 case: -): GPU ‼ unexpected, CPU ✗ refuted" in gpu_part
 
 
 def test_results_of_a_mutant_are_never_merged_into_the_report(small_catalogue, tmp_path):

@@ -317,7 +317,7 @@ def check_cache(doc: dict, monkeypatch, tmp_path: Path) -> None:
     for s in caches:
         key = s["with"]["key"]
         assert "${{ matrix.job }}" in key
-        assert re.search(r"hashFiles\('bnspec/history\.py', 'pyproject\.toml'\)", key)
+        assert re.search(r"hashFiles\('bnspec/releases\.py', 'bnspec/harness/history\.py', 'pyproject\.toml'\)", key)
     setup = {s.get("id") for s in uses(release, "actions/setup-python")}
     venv_dir = tilde(history.root() / "venvs")
 

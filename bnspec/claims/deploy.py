@@ -1,0 +1,151 @@
+"""BN after export: a Keras model exported with `Model.export` in each deployment format (tf_saved_model, onnx,
+openvino, litert, torch) and served by that format's own runtime (TensorFlow, onnxruntime, OpenVINO, the
+ai-edge-litert interpreter, torch.export), against the model in Keras: the output within a float32 bound
+derived for the exported evaluation (BN kept or folded into the layer before it), how each BN layer's numbers
+reach the graph, hard-coded training=True, batch sizes, serving state, fine-tuned statistics, mixed precision,
+and the runtimes' own reduced precisions.
+
+A pair Keras refuses (LiteRT on JAX, torch on TensorFlow/JAX, every format but SavedModel on tf_keras) is *not
+applicable*, with Keras' own message. A runtime that is not installed leaves the case unmeasured (the main
+environment has none: `pip install -e '.[deploy]'`). Versions: the measured points are Keras 3.15.1 on
+TensorFlow 2.21, JAX 0.10.2 and PyTorch 2.13 with onnxruntime 1.31.1, openvino 2026.4.1, ai-edge-litert 2.3.0,
+tf2onnx 1.17.0, jax2onnx 0.17.1, litert-torch 0.10.0; each case records its runtime's version.
+
+Tests: tests/claims/test_deploy.py; the exporting, the runtimes, the census and the bound:
+bnspec/subjects/export.py."""
+
+from bnspec.claims._model import Claim, Expect, HOLDS, REFUTED
+
+ORDER = 260
+TITLE = "BN after export: deployment formats and their runtimes"
+
+EXPORT_DOCS = ("Keras 3.15.1 Model.export docstring and keras/src/export/{saved_model,onnx,openvino,litert,torch}.py "
+               "(keras.io/api/models/model_saving_apis/export)")
+TORCH_SAVED_MODEL = (
+    "Keras 3.15.1's torch SavedModel path (keras/src/backend/torch/export.py) passes dynamic_shapes as a tuple of "
+    "dicts for a tuple of sample inputs; torch 2.13's torch.export.export rejects it (UserError: mismatch between "
+    "the structure of `inputs` and `dynamic_shapes`), before torch_xla (which it also needs) is imported"
+)
+JAX_OPENVINO = (
+    "on JAX, Keras converts a jax2tf tf.function to OpenVINO; jax2tf serialises the model natively as one "
+    "XlaCallModule op, for which OpenVINO 2026.4's TensorFlow frontend has no conversion rule (OpConversionFailure)"
+)
+
+CLAIMS = (
+    Claim(
+        "D01",
+        "the exported model computes Keras' inference output",
+        "model.export(format=F) succeeds for every format Keras supports on the backend, and the artefact, served by "
+        "F's runtime (OpenVINO at float32 precision: its default is D08's), computes model(x, training=False) within "
+        "a float32 bound derived for the exported evaluation, whether BN is kept or folded into the layer before it.",
+        f"{EXPORT_DOCS}; onnx/tensorflow-onnx#52 and #1494 (BN folded into Conv); onnx/optimizer#255 (fusing BN into "
+        "Conv changes outputs by rounding); keras-team/keras#22443 (JAX ONNX export through jax2onnx)",
+        expected=(
+            Expect(REFUTED, backend="torch", case="fmt=tf_saved_model", mechanism="export_fails", why=TORCH_SAVED_MODEL),
+            Expect(REFUTED, backend="jax", case="fmt=openvino", mechanism="export_fails", why=JAX_OPENVINO),
+            Expect(HOLDS, why="every artefact that exports computes the inference function within the bound; the "
+                   "measured error is 1-3 orders of magnitude below it"),
+        ),
+        note="The bound (bnspec/subjects/export.py, network_bound) is LAMBDA=6 standard deviations of the float32 "
+        "rounding of both evaluations (Keras' and the export's), with the folding's own roundings (a = gamma/sqrt(var"
+        "+eps) carries 4, W*a one more) entered as worst cases. The power is the training-mode (batch statistics) "
+        "output, which lies beyond it. Artefacts whose batch is fixed at export (torch .pt2) are served example "
+        "by example, as a user must (D04).",
+        advice="export, then compare the artefact's output with model(x, training=False) on real inputs before "
+        "serving it; on PyTorch export ONNX or .pt2 rather than tf_saved_model, on JAX ONNX or SavedModel",
+    ),
+    Claim(
+        "D02",
+        "BN's numbers reach the exported graph exactly",
+        "Each BN layer's moving mean, moving variance, gamma, beta and epsilon are carried into the exported graph: "
+        "kept as they are (bitwise), or folded (a = gamma/sqrt(var+eps), c = beta - a*mean, W*a, b*a + c) within the "
+        "fold's float32 rounding; read from the graph's constants and compared with the layer's own weights.",
+        f"{EXPORT_DOCS}; tensorflow/tensorflow#27707 (TFLite folds BN); onnx/tensorflow-onnx#1075 (a converted BN's "
+        "variance/epsilon handling); openvinotoolkit/openvino#31502 (Keras 3 export to OpenVINO IR)",
+        note="The census (op types in the graph file; what the runtime runs after its own optimisation) tells where "
+        "BN went: kept as separate arithmetic (SavedModel), as mean/scale/beta constants (torch.onnx), folded into "
+        "the convolution or matmul (tf2onnx, TFLite, OpenVINO on TensorFlow). Where epsilon is implicit in a folded "
+        "number, the same number without epsilon is shown to lie beyond the bound (the test's power).",
+        advice="to check a converted model yourself, compare its folded weights with W*gamma/sqrt(moving_variance + "
+        "epsilon): a missing epsilon or stale statistics show up far above float32 rounding",
+    ),
+    Claim(
+        "D03",
+        "a hard-coded training=True is exported as predict() runs it",
+        "For a model whose BN layer is called as bn(x, training=True), the exported graph normalises with the same "
+        "statistics as Keras' predict(): moving statistics where predict uses them, batch statistics where it does.",
+        f"{EXPORT_DOCS}: the SavedModel, ONNX and OpenVINO paths trace model.__call__ (training=None), LiteRT traces "
+        "partial(model.__call__, training=False), jax2onnx calls model(x, training=False); keras-team/keras#23364",
+        note="Keras 3.15's predict() passes training=False, which overrides the baked training=True in a Functional "
+        "model but not inside a subclass's call(); see N05/C01 for the same mechanism in fit.",
+        advice="never bake training=True into a model you export; if you must, export with an explicit endpoint "
+        "(ExportArchive.add_endpoint with partial(model.__call__, training=False)) and compare with predict()",
+    ),
+    Claim(
+        "D04",
+        "the exported model serves a batch of one and a batch of N",
+        "The artefact accepts a batch of one and a batch of five (the export traced neither) and returns, for each "
+        "example, Keras' inference output within the float32 bound.",
+        f"{EXPORT_DOCS} (torch: 'dynamic shape ... not yet supported ... None replaced with 1'; litert on torch: "
+        "'dynamic input shapes are not supported')",
+        note="One call per batch, no chunking: what the artefact's declared input shape allows is recorded.",
+        advice="export PyTorch models with an explicit input_signature (or dynamic_shapes for format='torch') that "
+        "matches the batch you will serve, or pad to the traced batch",
+    ),
+    Claim(
+        "D05",
+        "serving never updates BN statistics",
+        "Serving the exported model leaves it unchanged: the same batch served before and after another batch gives "
+        "bitwise the same outputs, and whatever state the runtime holds (a SavedModel's variables, a torch module's "
+        "buffers) does not move, also for a model with a hard-coded training=True.",
+        f"{EXPORT_DOCS}; C02 (the serve endpoint of a model whose BN runs in training mode moves its variables)",
+        note="ONNX, OpenVINO and LiteRT artefacts hold constants only; a SavedModel and a torch .pt2 module hold "
+        "variables/buffers that a training-mode BN could write.",
+        advice="if a served SavedModel's outputs drift, check for a training-mode BN (a hard-coded training=True) "
+        "whose moving statistics the serve endpoint updates",
+    ),
+    Claim(
+        "D06",
+        "a fine-tuned model exports its current statistics",
+        "After fine-tuning (one epoch with BN trainable, which moves the moving statistics, then BN frozen while the "
+        "Dense layers train), the exported graph carries the layers' current moving statistics and weights, not the "
+        "ones from before fine-tuning, and computes Keras' inference output within the float32 bound.",
+        f"keras.io guide 'Transfer learning & fine-tuning' (BN frozen with trainable=False); {EXPORT_DOCS}",
+        note="The statistics before fine-tuning are the alternative: they must not match the graph (the test's "
+        "power).",
+    ),
+    Claim(
+        "D07",
+        "a mixed_float16 model exports within its float16 bound",
+        "A Conv+BN model built with the mixed_float16 policy exports to every format Keras supports on the backend "
+        "and the artefact computes Keras' inference output within a float16 bound (both evaluations with unit "
+        "roundoff 2^-11 for inputs, weights and arithmetic).",
+        f"{EXPORT_DOCS} (ONNX: 'The dtype policy must be \"float32\" for the model'); Keras mixed precision guide",
+    ),
+    Claim(
+        "D08",
+        "a runtime's reduced precision keeps the float32 bound",
+        "Served at the runtime's own default precision (OpenVINO's CPU plugin on a CPU with native bfloat16), or "
+        "after LiteRT's float16 or dynamic-range (int8 weight) post-training quantisation, the exported notebook "
+        "model still computes Keras' inference output within D01's float32 bound.",
+        "OpenVINO CPU plugin docs, inference precision hint (bf16 by default where the CPU has native bf16: "
+        "openvinotoolkit/openvino.genai#164, WasmEdge/WasmEdge#5348); TensorFlow Lite post-training quantisation "
+        "(float16, dynamic range) docs; Keras 3.15.1 export_litert (converter kwargs: optimizations, target_spec)",
+        expected=(
+            Expect(REFUTED, case="variant=openvino_default", mechanism="bf16_inference",
+                   why="OpenVINO's CPU plugin runs the convolutions and matmuls in bfloat16 by default on a CPU with "
+                   "native bf16 (INFERENCE_PRECISION_HINT=bf16): errors of 2^-8 relative, far above float32's"),
+            Expect(REFUTED, case="variant=litert_float16", mechanism="float16_weights",
+                   why="float16 quantisation stores the (folded) weights in float16 and dequantises them: each weight "
+                   "is off by up to 2^-11 relative"),
+            Expect(REFUTED, case="variant=litert_dynamic_range", mechanism="int8_weights",
+                   why="dynamic-range quantisation stores the weights as int8 with one scale per output channel and "
+                   "quantises the activations on the fly"),
+        ),
+        note="Each case also records top-1 agreement with Keras on 1,000 MNIST test images: the practical cost of "
+        "the lost precision. The OpenVINO case is not applicable on a CPU without native bf16 (the default is then "
+        "f32, measured by D01).",
+        advice="pin OpenVINO's precision with compile_model(model, 'CPU', {'INFERENCE_PRECISION_HINT': 'f32'}) when "
+        "you need Keras' numbers; validate a quantised LiteRT model's accuracy, not only its size",
+    ),
+)
