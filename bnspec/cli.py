@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from bnspec import BnspecError, __version__
+from bnspec import BnspecError, __version__, provenance
 
 
 
@@ -245,23 +245,24 @@ def _cmd_run(args, pytest_args: list[str], parser=None) -> int:
     if code not in (0, 1):  # usage error, internal error, interrupted, or nothing measured: the report stays
         print(f"bnspec: pytest exited {code}; the report is unchanged", file=sys.stderr)
         return code
-    if not args.no_report and Path("reports/raw").is_dir():
+    reports = provenance.ROOT / "reports"  # where the child pytest (run from the checkout) wrote its results
+    if not args.no_report and (reports / "raw").is_dir():
         from bnspec import report
 
-        target = report.write(Path("reports/raw"), Path("reports"))
+        target = report.write(reports / "raw", reports)
         print(f"bnspec: wrote {target}")
-        if code == 0 and args.strict and _unmeasured_now(run):
+        if code == 0 and args.strict and _unmeasured_now(run, reports / "raw"):
             print("bnspec: --strict: some claims are unmeasured on this run (see the terminal summary)", file=sys.stderr)
             return 3
     return code
 
 
-def _unmeasured_now(run) -> bool:
+def _unmeasured_now(run, raw: Path = Path("reports/raw")) -> bool:
     """Whether a claim is unmeasured in the results file this run wrote (reports/raw/<run key>.json)."""
     from bnspec import results
     from bnspec.measure import status
 
-    doc = results.load(Path("reports/raw") / f"{run.key}.json")
+    doc = results.load(raw / f"{run.key}.json")
     return any(s.status == status.UNMEASURED for s in status.summarise(doc).values())
 
 

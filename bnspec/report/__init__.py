@@ -62,7 +62,7 @@ def _no_mutant(doc: Results, origin) -> Results:
 def _sections(out_dir: Path, fingerprint: str) -> tuple[list[str], dict[str, str]]:
     """REPORT.md's sections after the claims (short: a number, the figure, a link) and the pages they
     link to (name -> text), each from its own input."""
-    from bnspec.report import bench, mutants, paper, seeds
+    from bnspec.report import bench, bench_gpu, mutants, paper, seeds
 
     lines, pages = [], {}
     doc = seeds.load(out_dir)
@@ -79,7 +79,8 @@ def _sections(out_dir: Path, fingerprint: str) -> tuple[list[str], dict[str, str
     doc, previous = bench.current(out_dir / "benchmarks" / "history")
     if doc:
         pages["BENCHMARKS.md"] = "\n".join(["# bnspec benchmarks: BN throughput against this machine's copy bandwidth", "",
-                                            "Back to [the report](REPORT.md).", ""] + bench.render(doc, previous)) + "\n"
+                                            "Back to [the report](REPORT.md).", ""] + bench.render(doc, previous)
+                                           + (bench_gpu.gpu_section(doc["gpu"]) if "gpu" in doc else [])) + "\n"
         lines += ["## Benchmarks", "", "BN throughput on TensorFlow, JAX and PyTorch against this machine's copy "
                   "bandwidth (`tox -e bench`): [BENCHMARKS.md](BENCHMARKS.md).", ""]
     return lines, pages
@@ -90,8 +91,12 @@ def render(docs: list[Results], out_dir: Path, fingerprint: str | None = None) -
     `fingerprint` is the current measuring code's (bnspec.provenance), against which results are marked stale."""
     from bnspec.report import timeline  # "on my version?": right after the surprises
 
+    from bnspec.report import coverage
+
     page = v.Page.of(docs, fingerprint or provenance.fingerprint())
     lines = v.landing(page)
+    lines += [f"Coverage of the anchors' own BN tests (Keras 3.15.1, PyTorch, ONNX): {coverage.headline()} — "
+              "[COVERAGE.md](COVERAGE.md).", ""]
     lines += v.surprises(page)
     lines += v.gpu_section(page)
     lines += timeline.section(timeline.load(out_dir), page.fingerprint)
@@ -100,7 +105,7 @@ def render(docs: list[Results], out_dir: Path, fingerprint: str | None = None) -
     more, pages = _sections(out_dir, page.fingerprint)
     lines += more
     lines += v.runs_table(page)
-    return {"REPORT.md": "\n".join(lines).rstrip() + "\n", "CLAIMS.md": v.claims_page(page),
+    return {"REPORT.md": "\n".join(lines).rstrip() + "\n", "CLAIMS.md": v.claims_page(page), "COVERAGE.md": coverage.render(),
             "EVIDENCE.md": v.evidence_page(page), **pages}
 
 

@@ -14,15 +14,13 @@ GPU runs (scripts/gpu_run.sh on a lent GPU machine) are kept apart, one folder p
 reports/benchmarks/gpu/ (GPU_DIR, beside the history): the run's pytest-benchmark files (one per backend,
 `bench-<backend>.json`) and `bench-run.json` (RUN_FILE: the GPU, the libraries, the code, a note), as
 gpu_run.sh writes them into its output folder. A save in the history whose benchmarks ran on a GPU is a GPU
-run too, never merged with the CPU's. `current()` attaches them (`doc["gpu"]`) and `render` adds the GPU
+run too, never merged with the CPU's. `current()` attaches them (`doc["gpu"]`) and bnspec.report.bench_gpu renders the GPU
 section (`gpu_section`): per GPU run, the absolute time per call, GB/s, the fraction of the device's own copy
 bandwidth (the host copy copy_numpy excluded), Keras' layer against the framework's native BN, and which
 rows are launch-bound (`launch_floor`). A GPU benchmark's round may hold several calls (extra_info
 "calls"): every time here is per call.
 
-Size: one room for the benchmark JSON, CPU history and GPU runs alike: both sections are made from the same
-rows (time per call, GB/s), copy references and Keras-layer references; the GPU half (below "GPU runs") is the
-part to move into a module of its own if either grows.
+The GPU section is rendered by bnspec.report.bench_gpu from the same rows.
 """
 
 from __future__ import annotations
@@ -40,13 +38,6 @@ TARGETS = {  # the goals of issue #5: reported, not asserted
 }
 BIG = "nhwc_88x56x56x64"  # the >= 64 MB tensor the targets refer to
 GPU_DIR, RUN_FILE = "gpu", "bench-run.json"  # reports/benchmarks/gpu/<run>/{bench-<backend>.json, bench-run.json}
-GPU_MIN_BYTES = 2**30  # a GPU run "of the new shapes" measured BN on a tensor of at least 1 GiB
-HOST_COPIES = ("copy_numpy",)  # host memory: never a GPU's copy reference
-NATIVE = {"tensorflow": "fused", "jax": "jax_jit", "torch": "torch_functional"}  # the framework's own BN
-NATIVE_LABEL = {"tensorflow": "fused_batch_norm", "jax": "BN in jax.numpy under jax.jit",
-                "torch": "torch.nn.functional.batch_norm (cuDNN or ATen's CUDA kernel)"}
-LAUNCH_FACTOR = 10  # launch-bound: the bytes would move at copy speed in under this many fixed costs per call
-SMALL_BYTES = 2**20  # the launch floor is measured on a device copy of a tensor this small or smaller
 EXPLICIT_XLA_RATIO = 1.25
 BACKENDS = ("tensorflow", "jax", "torch")
 MODES = ("inference", "training", "training_backward")
@@ -186,7 +177,7 @@ def copy_bandwidth(table: list[dict]) -> dict[tuple, float]:
     return best
 
 
-def _key(r: dict) -> tuple:
+def row_key(r: dict) -> tuple:
     return r["shape"], r.get("mode"), r.get("impl"), r["device"], r["backend"]
 
 
@@ -194,13 +185,13 @@ def _saved(doc: dict) -> str:
     if "saves" not in doc:  # one save, not current()'s merge
         return f"one save, {doc.get('datetime', '')[:16].replace('T', ' ')}"
     out = []
-    for backend, s in sorted(doc["saves"].items(), key=lambda kv: _order(kv[0])):
+    for backend, s in sorted(doc["saves"].items(), key=lambda kv: backend_order(kv[0])):
         commit = s["commit"][:8] + (", uncommitted changes" if s["dirty"] else "") if s["commit"] else "no commit"
         out.append(f"{backend} {s['datetime'][:16].replace('T', ' ')} ({commit})")
     return "the newest save of each Keras backend (one process each): " + "; ".join(out)
 
 
-def _order(backend: str) -> int:
+def backend_order(backend: str) -> int:
     return BACKENDS.index(backend) if backend in BACKENDS else len(BACKENDS)
 
 
@@ -210,13 +201,13 @@ def render(doc: dict, previous: dict | None = None) -> list[str]:
     every number. First a summary (one row per tensor and mode: Keras' layer and the fastest
     implementation of each backend), then the targets, then every implementation, collapsed."""
     table = rows(doc)
-    before = {_key(r): r for r in rows(previous)} if previous else {}
+    before = {row_key(r): r for r in rows(previous)} if previous else {}
     copy = copy_bandwidth(table)
     machine = doc.get("machine_info", {})
     cpu = machine.get("cpu", {})
-    present = sorted({r["backend"] for r in table}, key=_order)
+    present = sorted({r["backend"] for r in table}, key=backend_order)
     bn = [r for r in table if r.get("mode") in MODES]
-    by_key = {_key(r): r for r in bn}
+    by_key = {row_key(r): r for r in bn}
     places = list(dict.fromkeys((r["shape"], r["device"]) for r in bn))
     lines = ["## Benchmarks: BN throughput against this machine's copy bandwidth", "",
              f"Measured by `tox -e bench` on {cpu.get('brand_raw', machine.get('processor', '?'))}, "
@@ -245,15 +236,13 @@ def render(doc: dict, previous: dict | None = None) -> list[str]:
     if steps:
         base = {r["backend"]: r for r in steps if r["impl"] == "no_bn"}
         lines += ["### The paper's MNIST model: one train_on_batch step (batch 60)", ""]
-        steps.sort(key=lambda r: _order(r["backend"]))
+        steps.sort(key=lambda r: backend_order(r["backend"]))
         lines.append(tabulate([[r["backend"], r["impl"], f"{r['median_s'] * 1e3:.3f}", f"{1 / r['median_s']:.0f}",
                                 f"{r['median_s'] / base[r['backend']]['median_s']:.2f}" if r["backend"] in base else "-"]
                                for r in steps],
                               headers=["backend", "model", "median ms", "steps/s", "time vs no BN"], tablefmt="github",
                               disable_numparse=True))
         lines.append("")
-    if "gpu" in doc:
-        lines += gpu_section(doc["gpu"])
     return lines
 
 
@@ -296,10 +285,10 @@ def details(shape: str, device: str, table: list[dict], by_key: dict, before: di
     """Every implementation of every backend on one tensor, in a collapsed block."""
     bw = copy.get((shape, device))
     copies = sorted((r for r in table if r.get("mode") == "copy" and (r["shape"], r["device"]) == (shape, device)),
-                    key=lambda r: (_order(r["backend"]), r["impl"]))
+                    key=lambda r: (backend_order(r["backend"]), r["impl"]))
     body = []
     for mode in MODES:
-        for (s, m, impl, d, backend), r in sorted(by_key.items(), key=lambda kv: _order(kv[0][4])):
+        for (s, m, impl, d, backend), r in sorted(by_key.items(), key=lambda kv: backend_order(kv[0][4])):
             if (s, m, d) != (shape, mode, device):
                 continue
             ref = by_key.get((shape, mode, KERAS_REFERENCE.get(backend), device, backend))
@@ -361,200 +350,3 @@ def targets(table: list[dict], copy: dict) -> list[str]:
 
 
 # --------------------------------------------------------------------------- GPU runs
-
-MAX_GPU_RUNS = 3  # the newest GPU runs shown
-
-
-def _mb(nbytes: float) -> str:
-    return f"{nbytes / 1e9:.2f} GB" if nbytes >= 1e9 else f"{nbytes / 1e6:.1f} MB" if nbytes >= 1e5 else f"{nbytes / 1e3:.0f} KB"
-
-
-def _us(seconds: float) -> str:
-    return f"{seconds * 1e6:,.1f}"
-
-
-def tensor_bytes(r: dict) -> int:
-    """Bytes of the benchmark's float32 tensor (x alone)."""
-    return 4 * int(r.get("elements") or 0)
-
-
-def gpu_rows(run: dict) -> list[dict]:
-    return [r for r in rows(run) if r["device"] == "gpu"]
-
-
-def device_copy(table: list[dict]) -> dict[str, float]:
-    """shape -> the best GB/s of the device's own copies (any backend; the host copy excluded)."""
-    best: dict[str, float] = {}
-    for r in table:
-        if r.get("mode") == "copy" and r.get("impl") not in HOST_COPIES:
-            best[r["shape"]] = max(best.get(r["shape"], 0.0), r["gbps"])
-    return best
-
-
-def launch_floor(table: list[dict]) -> float | None:
-    """The fixed cost of one call on this device, in seconds: the fastest device copy (per call) of a tensor of
-    at most SMALL_BYTES, of any backend; None when no such copy was measured."""
-    small = [r["median_s"] for r in table
-             if r.get("mode") == "copy" and r.get("impl") not in HOST_COPIES and tensor_bytes(r) <= SMALL_BYTES]
-    return min(small) if small else None
-
-
-def memory_bandwidth(table: list[dict]) -> tuple[str, float] | None:
-    """(shape, GB/s): the device's copy bandwidth on the largest tensor it copied; None without device copies."""
-    copies = [r for r in table if r.get("mode") == "copy" and r.get("impl") not in HOST_COPIES]
-    if not copies:
-        return None
-    shape = max(copies, key=tensor_bytes)["shape"]
-    return shape, device_copy(copies)[shape]
-
-
-def launch_bound(moved_bytes: float, floor: float | None, bandwidth_gbps: float | None) -> bool | None:
-    """Whether a call moving `moved_bytes` is bound by the fixed cost of a call rather than by memory: at the
-    device's copy bandwidth the bytes would move in less than LAUNCH_FACTOR fixed costs (so that cost is about
-    10% of the time or more). None when the floor or the bandwidth is unknown."""
-    if floor is None or not bandwidth_gbps:
-        return None
-    return moved_bytes / (bandwidth_gbps * 1e9) < LAUNCH_FACTOR * floor
-
-
-def new_shapes(run: dict) -> bool:
-    """Whether a GPU run measured BN on a tensor of at least GPU_MIN_BYTES (the GPU shapes of
-    tests/benchmarks/_device.py), rather than only the CPU's shapes."""
-    return any(r.get("mode") in MODES and tensor_bytes(r) >= GPU_MIN_BYTES for r in gpu_rows(run))
-
-
-def gpu_section(runs: list[dict]) -> list[str]:
-    """The GPU section: first whether a GPU run of the GPU shapes exists (saying so plainly when none does),
-    then the newest GPU runs, each for what it is."""
-    lines = ["## GPU: BN throughput against the device's own copy bandwidth", ""]
-    fresh = [r for r in runs if new_shapes(r)]
-    if not fresh:
-        lines += ["**No GPU run of the new shapes exists yet**: no GPU has measured BN on a tensor of at least 1 GiB "
-                  "(`nhwc_512x56x56x256`, 1.64 GB) with batched, synchronised timing. On a GPU machine, "
-                  "`bash scripts/gpu_run.sh OUT gpu` writes `OUT/bench-<backend>.json` and `OUT/" + RUN_FILE + "`; "
-                  "copied into `reports/benchmarks/gpu/<date>-<gpu>/`, they are shown here.", ""]
-        lines += (["What exists is shown below for what it is: older code measuring the CPU's shapes on a GPU.", ""]
-                  if runs else ["There are no GPU benchmark files under `reports/benchmarks/gpu/`.", ""])
-    if not runs:
-        return lines
-    lines += ["Times are per call, on the device: the median of rounds that end with a synchronisation "
-              "(`calls` back-to-back calls per round where recorded, else one). *Of copy* = GB/s over the best "
-              "copy bandwidth of the device's own copies of the same tensor (JAX x + 0 under jit, PyTorch clone "
-              "and copy_; never the host's copy_numpy). *Keras ÷ native* = Keras' layer's time over the framework's "
-              "own BN on the same backend: " + ", ".join(f"{b}: {KERAS_REFERENCE[b]} vs {NATIVE[b]} ({NATIVE_LABEL[b]})"
-                                                           for b in ("jax", "torch")) + ". "
-              f"*launch*: the row's bytes would move at the device's copy bandwidth in less than {LAUNCH_FACTOR} times "
-              "the fixed cost of a call (the fastest device copy of a tensor of at most 1 MiB), so launch, dispatch and "
-              "synchronisation dominate and its GB/s say little about memory; *memory*: the bytes dominate.", ""]
-    shown = (fresh[:1] + [r for r in runs if r is not fresh[0]]) if fresh else runs
-    for run in shown[:MAX_GPU_RUNS]:
-        lines += gpu_run_section(run)
-    return lines
-
-
-def _software(meta: dict, run: dict) -> str:
-    parts = [f"{name} {meta[name]}" for name in ("keras", "jax", "torch") if meta.get(name)]
-    if meta.get("cuda"):
-        parts.append(f"CUDA {meta['cuda']}")
-    if meta.get("driver"):
-        parts.append(f"driver {meta['driver']}")
-    py = meta.get("python") or run.get("machine_info", {}).get("python_version")
-    if py:
-        parts.append(f"Python {py}")
-    return ", ".join(parts)
-
-
-def gpu_run_section(run: dict) -> list[str]:
-    table = gpu_rows(run)
-    meta = run.get("meta", {})
-    gpu = meta.get("gpu") or next((r["gpu"] for r in table if r.get("gpu")), None) or "a GPU not named in its files"
-    commit = meta.get("commit") or run.get("commit_info", {}).get("id", "")[:10] or "unknown"
-    fresh = new_shapes(run)
-    cpu = run.get("machine_info", {}).get("cpu", {})
-    lines = [f"### {run['name']}: {gpu}" + ("" if fresh else " (old shapes)"), "",
-             f"Measured {run['datetime'][:16].replace('T', ' ')} on {gpu} ({_software(meta, run) or 'versions not recorded'}; "
-             f"{cpu.get('count', '?')} CPUs), code {commit}; files: {', '.join(run['saves'])}."]
-    if meta.get("note"):
-        lines.append(meta["note"])
-    lines.append("")
-    largest = max((tensor_bytes(r) for r in table if r.get("mode") in MODES), default=0)
-    l2 = meta.get("l2_bytes") or next((r["l2_bytes"] for r in table if r.get("l2_bytes")), None)
-    caveats = []
-    if not fresh:
-        caveats.append(f"its largest BN tensor is {_mb(largest)}" + (f", {largest / l2:.1f}x the GPU's {_mb(l2)} L2 cache"
-                                                                      if l2 else ""))
-    if table and not any(r.get("calls") for r in table):
-        caveats.append("each round was one call and one synchronisation timed on the host clock, so every number "
-                       "includes the fixed cost of a call")
-    floor = launch_floor(table)
-    mem = memory_bandwidth(table)
-    facts = []
-    if floor is not None:
-        facts.append(f"fixed cost of a call {_us(floor)} µs")
-    if mem:
-        facts.append(f"device copy bandwidth {mem[1]:,.0f} GB/s on {mem[0]}")
-    if caveats or facts:
-        lines += [("Caveats: " + "; ".join(caveats) + ". " if caveats else "") + (_sentence("; ".join(facts)) if facts else ""), ""]
-    bn = [r for r in table if r.get("mode") in MODES]
-    if not bn:
-        return lines + ["No BN benchmark on the GPU in these files.", ""]
-    copy = device_copy(table)
-    by_key = {_key(r): r for r in bn}
-    present = sorted({r["backend"] for r in bn}, key=_order)
-    shapes = sorted({r["shape"] for r in bn}, key=lambda s: -max(tensor_bytes(r) for r in bn if r["shape"] == s))
-    body = []
-    for shape in shapes:
-        size = max(tensor_bytes(r) for r in bn if r["shape"] == shape)
-        bw = copy.get(shape)
-        for mode in MODES:
-            here = [r for r in bn if (r["shape"], r["mode"]) == (shape, mode)]
-            if not here:
-                continue
-            bound = launch_bound(max(r.get("bytes", 0) for r in here), floor, mem[1] if mem else None)
-            row = [f"{shape} ({_mb(size)})", mode, {True: "launch", False: "memory", None: "-"}[bound],
-                   f"{bw:,.0f}" if bw else "-"]
-            for backend in present:
-                ref = by_key.get((shape, mode, KERAS_REFERENCE.get(backend), "gpu", backend))
-                nat = by_key.get((shape, mode, NATIVE.get(backend), "gpu", backend))
-                row += [_gpu_cell(ref, bw), _gpu_cell(nat, bw),
-                        f"{ref['median_s'] / nat['median_s']:.2f}x" if ref and nat else "-"]
-            body.append(row)
-    headers = ["tensor", "mode", "bound", "copy GB/s"]
-    for backend in present:
-        headers += [f"{backend}: Keras µs", f"{backend}: native µs", f"{backend}: Keras ÷ native"]
-    lines += ["Per call, µs (GB/s, fraction of the device's copy):", "",
-              tabulate(body, headers=headers, tablefmt="github", disable_numparse=True), ""]
-    for shape in shapes:
-        lines += _gpu_details(shape, bn, by_key, copy)
-    return lines
-
-
-def _sentence(text: str) -> str:
-    return text[:1].upper() + text[1:] + "."
-
-
-def _gpu_cell(r: dict | None, bw: float | None) -> str:
-    if r is None:
-        return "-"
-    gbps = r["gbps"]
-    rate = f"{gbps:,.0f}" if gbps >= 100 else f"{gbps:.1f}" if gbps >= 1 else f"{gbps:.2f}"
-    return f"{_us(r['median_s'])} ({rate} GB/s" + (f", {gbps / bw:.0%})" if bw else ")")
-
-
-def _gpu_details(shape: str, bn: list[dict], by_key: dict, copy: dict) -> list[str]:
-    bw = copy.get(shape)
-    body = []
-    for r in sorted((r for r in bn if r["shape"] == shape),
-                    key=lambda r: (MODES.index(r["mode"]), _order(r["backend"]), r["impl"])):
-        ref = by_key.get((shape, r["mode"], KERAS_REFERENCE.get(r["backend"]), "gpu", r["backend"]))
-        dev = r.get("device_median_s")
-        first = r.get("first_call_s")
-        body.append([r["mode"], r["backend"], r["impl"], str(r.get("calls") or 1), str(r.get("rounds") or "-"),
-                     _us(r["median_s"]), f"{r['gbps']:,.1f}", f"{r['gbps'] / bw:.0%}" if bw else "-",
-                     f"{ref['median_s'] / r['median_s']:.2f}x" if ref else "-", _us(dev) if dev else "-",
-                     f"{first:.2f}" if first is not None else "-"])
-    return [f"<details><summary>{shape} on the GPU: every implementation"
-            + (f" (device copy {bw:,.0f} GB/s)" if bw else "") + "</summary>", "",
-            tabulate(body, headers=["mode", "backend", "implementation", "calls/round", "rounds", "µs per call", "GB/s",
-                                    "of copy", "vs Keras", "CUDA events, µs", "first call, s"],
-                     tablefmt="github", disable_numparse=True), "", "</details>", ""]

@@ -56,3 +56,25 @@ def test_help_is_fast_and_does_not_import_tensorflow():
     _, seconds, imported = line.split()
     assert imported == "False"
     assert float(seconds) < 1.0, f"bnspec --help took {seconds} s"
+
+
+def test_a_run_that_measures_nothing_fails_and_leaves_the_report_alone():
+    """Issue #21: in a venv without tf_keras, `bnspec run --flavour tfkeras --claim K08` skipped both cases,
+    exited 0 and rewrote the report (which still showed tf_keras K08 ✓ from another machine)."""
+    import hashlib
+    import importlib.util
+
+    from tests.helpers import ROOT
+
+    if importlib.util.find_spec("tf_keras") is not None:
+        pytest.skip("tf_keras is installed here: the scenario needs a venv without it")
+    watched = [ROOT / "reports" / name for name in ("REPORT.md", "results.json", "EVIDENCE.md")]
+    watched += sorted((ROOT / "reports" / "raw").glob("*.json")) if (ROOT / "reports" / "raw").is_dir() else []
+    before = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in watched if p.is_file()}
+    env = {k: v for k, v in os.environ.items() if k not in ("BNSPEC_FLAVOUR", "TF_USE_LEGACY_KERAS")}
+    out = run_bnspec("run", "--flavour", "tfkeras", "--claim", "K08", "-n", "0", env=env, timeout=600)
+    assert out.returncode == 5, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "this run measured nothing (2 claim case(s), all skipped; first reason: flavour 'tfkeras' is not installed" in out.stdout
+    assert "the report is unchanged" in out.stderr
+    assert {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in watched if p.is_file()} == before
+    assert not (ROOT / "reports" / "raw" / "tfkeras.json").exists() or (ROOT / "reports" / "raw" / "tfkeras.json") in before

@@ -5,7 +5,12 @@ import json
 
 import pytest
 
-from bnspec.report import bench
+from bnspec.report import bench, bench_gpu
+
+
+def _page(doc, previous=None) -> str:
+    """BENCHMARKS.md's body as bnspec.report renders it: the CPU sections, then the GPU section."""
+    return "\n".join(bench.render(doc, previous) + (bench_gpu.gpu_section(doc["gpu"]) if "gpu" in doc else []))
 
 BIG = bench.BIG
 N = 100_000_000  # bytes of the tensor
@@ -87,7 +92,7 @@ def test_newest_save_of_each_backend_merged(tmp_path):
     assert doc["saves"]["torch"]["file"].startswith("0003_")
     assert set(previous["saves"]) == {"tensorflow"} and previous["saves"]["tensorflow"]["file"].startswith("0001_")
 
-    text = "\n".join(bench.render(doc, previous))
+    text = _page(doc, previous)
     assert "tensorflow 2026-01-02 09:00 (fedcba98)" in text and "torch 2026-01-01 10:10 (abcdef01)" in text
     assert "copy bandwidth 25.0 GB/s" in text  # the best copy of any backend: PyTorch's copy_
     cells = _cells(text)
@@ -119,7 +124,7 @@ def test_torch_compile_missing_is_said():
         _b(BIG, "copy", "copy_torch", 0.008, 2 * N, "torch"),
         _b(BIG, "inference", "torch_keras_eager", 0.100, 2 * N, "torch"),
     ]}
-    text = "\n".join(bench.render(doc))
+    text = _page(doc)
     assert "torch_compile is not in the newest PyTorch save" in text
     assert "= Keras" in text  # the fastest on torch is Keras' layer itself
 
@@ -167,18 +172,18 @@ def test_gpu_time_per_call_is_the_rounds_median_over_its_calls():
 
 def test_launch_bound_compares_the_bytes_at_copy_speed_with_the_fixed_cost_of_a_call():
     floor = 5e-6  # s per call
-    assert bench.launch_bound(48_000, floor, 4000.0) is True              # 12 ns of memory traffic
-    assert bench.launch_bound(3.288e9, floor, 4000.0) is False            # 822 us
-    assert bench.launch_bound(141e6, floor, 4000.0) is True               # 35 us < 10 x 5 us
-    assert bench.launch_bound(141e6, 1e-6, 4000.0) is False
-    assert bench.launch_bound(141e6, None, 4000.0) is None
+    assert bench_gpu.launch_bound(48_000, floor, 4000.0) is True              # 12 ns of memory traffic
+    assert bench_gpu.launch_bound(3.288e9, floor, 4000.0) is False            # 822 us
+    assert bench_gpu.launch_bound(141e6, floor, 4000.0) is True               # 35 us < 10 x 5 us
+    assert bench_gpu.launch_bound(141e6, 1e-6, 4000.0) is False
+    assert bench_gpu.launch_bound(141e6, None, 4000.0) is None
 
 
 def test_without_gpu_files_the_section_says_no_gpu_run_of_the_new_shapes_exists(tmp_path):
     _cpu_history(tmp_path)
     doc, _ = bench.current(tmp_path / "history")
     assert doc["gpu"] == []
-    text = "\n".join(bench.render(doc))
+    text = _page(doc)
     assert "## GPU: BN throughput against the device's own copy bandwidth" in text
     assert "**No GPU run of the new shapes exists yet**" in text
     assert "There are no GPU benchmark files under `reports/benchmarks/gpu/`." in text
@@ -195,7 +200,7 @@ def test_an_old_shapes_gpu_run_is_shown_for_what_it_is(tmp_path):
         _g(BIG, "inference", "torch_functional", 75e-6, E_MID, "torch"),       # 4.00x faster than Keras
     ], meta={"gpu": "1 x NVIDIA H200", "torch": "2.11.0+cu130", "commit": "1ce5ff60ab", "note": "The first GPU run."})
     doc, _ = bench.current(tmp_path / "history")
-    text = "\n".join(bench.render(doc))
+    text = _page(doc)
     assert "**No GPU run of the new shapes exists yet**" in text
     assert "What exists is shown below for what it is" in text
     assert "### gpu/2026-12-04-h200: 1 x NVIDIA H200 (old shapes)" in text
@@ -232,7 +237,7 @@ def test_a_gpu_run_of_the_new_shapes_comes_first_with_launch_and_memory_bound_ro
     ], meta={"gpu": "1 x NVIDIA H200", "jax": "0.11.2", "torch": "2.11.0+cu130", "cuda": "13.0", "driver": "580.95"})
     doc, _ = bench.current(tmp_path / "history")
     assert [r["name"] for r in doc["gpu"]] == ["gpu/2027-01-10-h200", "gpu/2026-12-04-h200"]
-    text = "\n".join(bench.render(doc))
+    text = _page(doc)
     assert "No GPU run of the new shapes exists yet" not in text
     first, second = text.index("### gpu/2027-01-10-h200: 1 x NVIDIA H200\n"), text.index("### gpu/2026-12-04-h200")
     assert first < second
