@@ -9,6 +9,8 @@ cases are listed per test in CASES). `claims`: the claim ids that measure it (th
 neighbouring statement (e.g. Keras outputs beta where PyTorch raises). No import of Keras or bnspec here.
 
 Underscore module: bnspec.claims' topic discovery skips it (it holds no claims).
+
+Size: data, one row per anchor assertion (133 rows); splitting the table would only scatter it.
 """
 
 from __future__ import annotations
@@ -47,20 +49,34 @@ ANCHORS = (
         "passes it; a parametrised test's assertions are one row each, its cases listed once",
     ),
     Anchor(
-        "torch", "PyTorch: test_nn.py, common_modules.py, common_methods_invocations.py",
-        "test/test_nn.py at the search index's revision 74f2fa66 (the torch wheel ships no tests); "
-        "torch/testing/_internal/common_modules.py and common_methods_invocations.py of the installed torch "
-        "2.13.0 (git cf30153c)",
-        "test_nn.py: every test whose name contains batchnorm, BatchNorm or batch_norm, plus TestFusionEval's "
-        "conv+BN fusion, found by reading the file's sections that hold the normalization tests (TestNN's "
-        "BN/loss section, TestFusionEval, TestNNDeviceType's normalization, softmax/RNN and BN-helper sections; "
-        "offsets 208k-256k, 334k-446k, 526k-574k of 640k characters -- the hooks, containers, module-test "
-        "registration, interpolation and transformer sections were not read, so a BN test there would be "
-        "missing); common_modules: each ModuleInput of the BatchNorm1d/2d/3d ModuleInfos and their shared "
-        "ErrorModuleInput; common_methods_invocations: each sample of sample_inputs_batch_norm (the "
-        "nn.functional.batch_norm OpInfo; native_batch_norm, _native_batch_norm_legit and _batch_norm_with_update "
-        "reuse the same samples); plus one row each for the generic ModuleInfo/OpInfo suites' checks that touch BN "
-        "semantics (gradcheck, gradgradcheck, train/eval difference, dtypes) and one for the rest",
+        "torch", "PyTorch: test_nn.py, test/nn/, common_modules.py, common_methods_invocations.py",
+        "test/test_nn.py at the search index's only stored revision, commit 74f2fa66 (640,159 characters; no version "
+        "file is stored at that commit; the file cites pytorch/pytorch#156513 and ROCm 7.0, so it is a main-branch "
+        "revision of mid-2025 or later; the torch wheel ships no tests); test/nn/test_lazy_modules.py (commit "
+        "020ccced), test_load_state_dict.py (14bf97ae), test_module_hooks.py (01003456), test_parametrization.py "
+        "(017943b7), test_pruning.py (058aaae3) and the small test_fast_normalization.py, test_stride_check.py, "
+        "test_optimizer_hooks.py and test_linear_module_validation.py, each the version the index stores; "
+        "torch/testing/_internal/common_modules.py, common_methods_invocations.py and common_nn.py of the installed "
+        "torch 2.13.0 (git cf30153c)",
+        "test_nn.py was read end to end (all 640k characters): every test whose name contains batchnorm, BatchNorm or "
+        "batch_norm, and every other test that asserts something of a BatchNorm module or function (TestNN."
+        "test_state_dict, TestFusionEval's conv+BN fusion, TestFusionUtils' fuse_*_bn_weights, TestUtils' state_dict "
+        "prefix test); the legacy module_tests/get_new_module_tests harness test_nn.py registers holds no BatchNorm "
+        "entry (common_nn.py names none). test/nn/: the files named above were read in full; every "
+        "test that builds a BatchNorm or LazyBatchNorm has its rows (test_lazy_modules, test_load_state_dict, "
+        "test_module_hooks); test_parametrization, test_pruning and the four small files hold none. Not read: "
+        "test/nn/test_convolution.py, test_pooling.py, test_embedding.py, test_dropout.py, test_init.py, "
+        "test_multihead_attention.py, test_packed_sequence.py, test_pack_linear.py, test_rope.py and attention/ "
+        "(their subjects are other modules; a BN assertion there would be missing), nor BN tests elsewhere in test/ "
+        "(test_mkldnn.py, the distributed SyncBatchNorm tests, quantization and fx/inductor conv-BN fusion), which are "
+        "outside this anchor. common_modules: each ModuleInput of the BatchNorm1d/2d/3d ModuleInfos and their shared "
+        "ErrorModuleInput (there is no LazyBatchNorm or SyncBatchNorm ModuleInfo); common_methods_invocations: each "
+        "sample of sample_inputs_batch_norm (the nn.functional.batch_norm OpInfo and its CUDA-only without_cudnn "
+        "variant; native_batch_norm, _native_batch_norm_legit and _batch_norm_with_update reuse the same samples, "
+        "less the empty ones and, for the last, those missing running statistics, weight or bias); plus one row each "
+        "for the generic "
+        "ModuleInfo/OpInfo suites' checks that touch BN semantics (gradcheck, gradgradcheck, train/eval difference, "
+        "dtypes) and one for the rest",
     ),
     Anchor(
         "onnx", "ONNX 1.23.2: BatchNormalization node tests",
@@ -256,6 +272,66 @@ ROWS = (
         na=SIMPLE_AVERAGE),
     Row(_T, "TestNNDeviceType.test_batchnorm_update_stats", "a training pass changes running_mean/var (and "
         "num_batches_tracked); an eval pass leaves them", ("K03", "M01")),
+    Row(_T, "TestNN.test_state_dict", "a net's state_dict holds its BatchNorm2d's weight, bias, running_mean, "
+        "running_var and num_batches_tracked, each sharing storage with the module's tensor", ("K05", "A10"),
+        note="Keras' layer.weights are gamma, beta, moving_mean and moving_variance (trainable and not: K05; two "
+             "non-trainable always: A10); there is no num_batches_tracked, and storage sharing is torch's"),
+    Row(_T, "TestFusionUtils.test_fuse_conv_bn_requires_grad", "fuse_conv_bn_weights(conv, BatchNorm2d statistics) "
+        "returns a weight and bias with the conv's requires_grad flags (all 4 combinations)", (),
+        na="autograd flags of a torch fusion helper; Keras has no BN-folding API (the folding itself is P04 and C17)"),
+    Row(_T, "TestFusionUtils.test_fuse_linear_bn_requires_grad", "fuse_linear_bn_weights(linear, BatchNorm1d "
+        "statistics) keeps the linear layer's requires_grad flags", (),
+        na="autograd flags of a torch fusion helper, as for conv; folding into a Dense layer is P04"),
+    Row(_T, "TestUtils.test_consume_prefix_in_state_dict_if_present", "stripping a DDP 'module.' prefix keeps the "
+        "state_dict's keys and metadata in order", (),
+        na="state_dict key bookkeeping; and no BN key is checked: Net.__init__ sets `net.bn = nn.BatchNorm2d(2)` on "
+           "the enclosing test's `net` (a defect of the test), so the Net whose state_dict is checked has no BN"),
+    # ------------------------------------------------------------------ PyTorch: test/nn/
+    Row(_T, "test/nn/test_lazy_modules.py TestLazyModules.test_lazy_batchnorm1d/2d/3d", "LazyBatchNorm1d/2d/3d "
+        "takes num_features from axis 1 of its first input and becomes BatchNorm1d/2d/3d; its output, weight, bias, "
+        "running_mean, running_var and num_batches_tracked equal those of a BatchNorm built with that num_features "
+        "(affine and track_running_stats each False and True)", ("K08", "K15", "K01"),
+        note="every Keras BN is lazy: the first call builds gamma, beta and the moving statistics from the input's "
+             "`axis` dimension with K08's initial values; no claim compares a layer built by its first call with "
+             "one built explicitly (a candidate claim)"),
+    Row(_T, "test/nn/test_lazy_modules.py TestLazyModules.test_lazy_batchnorm1d/2d/3d_pickle", "a pickled "
+        "LazyBatchNorm stays lazy with uninitialised weight, bias and running statistics; pickled after its first "
+        "call it is a materialised BatchNorm", (),
+        na="Python pickling of torch modules and their UninitializedParameter/Buffer; Keras serialises a layer's "
+           "config and weights instead (K13, K14)"),
+    Row(_T, "test/nn/test_lazy_modules.py TestLazyModules.test_lazy_batchnorm1d/2d/3d_state", "loading a "
+        "BatchNorm(10) state_dict materialises a LazyBatchNorm with 10 features and (10,) weight, bias and running "
+        "statistics; loading a lazy module's state_dict into a BatchNorm(10) raises 'shape of an uninitialized'", (),
+        na="torch's uninitialised-parameter state_dict mechanics; Keras restores weights into a built layer (K13, "
+           "K14) and refuses wrong shapes (A08)"),
+    Row(_T, "test/nn/test_lazy_modules.py TestLazyModules.test_lazy_batchnorm2d_state_and_forward", "a "
+        "LazyBatchNorm2d loaded from an eval BatchNorm2d(16)'s state_dict gives the same eval output", ("K14", "K13"),
+        note="Keras restores a layer's moving statistics, and with them its inference output, through .keras "
+             "save/load (K14) or from_config plus the copied weights (K13)"),
+    Row(_T, "test/nn/test_lazy_modules.py TestLazyModules.test_lazy_batchnorm_with_dict_input", "LazyBatchNorm1d/"
+        "2d/3d called with the input as a keyword argument equals BatchNorm1d/2d/3d", (),
+        na="torch's keyword calling convention of a lazy module's first forward; the output equality is the "
+           "test_lazy_batchnorm1d/2d/3d row"),
+    Row(_T, "test/nn/test_load_state_dict.py TestLoadStateDict.test_load_state_dict", "a net's state_dict with a "
+        "new bn.running_mean loads (also with a DDP 'module.' prefix consumed, and with strict=False beside an "
+        "unknown key) and bn.running_mean equals the loaded tensor", ("K14",),
+        note="Keras' counterpart: load_model/load_weights restore the moving statistics; the key bookkeeping "
+             "(strict, prefixes, missing/unexpected keys) is torch's"),
+    Row(_T, "test/nn/test_load_state_dict.py TestLoadStateDict.test_load_state_dict", "a bn.running_mean of the "
+        "wrong shape (14, 4) raises RuntimeError, with strict=True and strict=False", ("A08",),
+        note="A08: set_weights/assign of moving statistics of the wrong shape raise and leave the variable unchanged"),
+    Row(_T, "test/nn/test_load_state_dict.py TestLoadStateDict.test_load_state_dict_BC", "a BatchNorm2d state_dict "
+        "of version 1 or without a version and without num_batches_tracked loads; num_batches_tracked is then a "
+        "long 0", (), na="Keras keeps no count of batches (num_batches_tracked) and no state_dict versions"),
+    Row(_T, "test/nn/test_load_state_dict.py TestLoadStateDict.test_load_state_dict_assign_meta, "
+        "_assign_with_optimizer, _assign_shape_stride (Linear -> BatchNorm1d nets)", "load_state_dict(assign=True) "
+        "into a meta-device copy keeps parameters, buffers, their order and the outputs; training then continues "
+        "as in the original with a reloaded optimizer; another stride loads, another shape raises", (),
+        na="torch's meta-device and assign=True loading mechanics, with BN a passenger; Keras' reload-and-continue "
+           "is K14 and its wrong-shape refusal A08"),
+    Row(_T, "test/nn/test_module_hooks.py TestModuleHookNN.test_hook_cpp", "a full backward hook on BatchNorm1d(5) "
+        "fires with one grad_input and one grad_output and the BN module itself", (),
+        na="torch.nn.Module backward hooks; Keras layers have no hook API"),
     # ------------------------------------------------------------------ PyTorch: common_modules.py (ModuleInfo)
     Row(_T, "ModuleInfo BatchNorm1d: affine", "BatchNorm1d(10) on (4, 10)", ("K01", "K02")),
     Row(_T, "ModuleInfo BatchNorm1d: 3d_input", "BatchNorm1d(5) on (4, 5, 3): channels on axis 1", ("K15", "A02")),
@@ -314,6 +390,8 @@ ROWS = (
     Row(_T, "OpInfo nn.functional.batch_norm sample 11", "(2, 1), weight and bias, training=False (again)", ("K02",)),
     Row(_T, "OpInfo nn.functional.batch_norm sample 12", "(1, 2, 3), training, no running statistics, no weight or "
         "bias", ("K01", "A10")),
+    Row(_T, "OpInfo nn.functional.batch_norm (variant without_cudnn)", "the same 12 samples on CUDA with cuDNN "
+        "disabled (dtypes float32, float64, float16, bfloat16)", (), na=CUDA),
     # ------------------------------------------------------------------ ONNX 1.23.2
     Row(_O, "node: test_batchnorm_example", "inference, default epsilon: y", ("A01",)),
     Row(_O, "node: test_batchnorm_epsilon", "inference, epsilon 1e-2: y", ("A01",)),

@@ -148,4 +148,17 @@ CLAIMS = (
         advice="pin OpenVINO's precision with compile_model(model, 'CPU', {'INFERENCE_PRECISION_HINT': 'f32'}) when "
         "you need Keras' numbers; validate a quantised LiteRT model's accuracy, not only its size",
     ),
+    Claim(
+        "D09",
+        "model.export() leaves the Keras model unchanged",
+        "Every variable of the Keras model (kernels, gamma/beta, moving statistics) is bitwise the same after "
+        "model.export(format=F) as before it, also for a model with a hard-coded training=True.",
+        f"{EXPORT_DOCS}: the SavedModel, ONNX and OpenVINO paths on TensorFlow trace a tf.function (graph mode), "
+        "jax2tf/jax2onnx trace stateless JAX functions, the PyTorch paths (torch.onnx, torch.jit.trace, torch.export, "
+        "litert-torch) run the model's forward on a sample input",
+        note="A training-mode BN run on the export's sample input (ones or zeros with the batch set to 1 or 2) "
+        "updates its moving statistics by one EMA step towards that input's statistics: the mechanism checked.",
+        advice="export a copy (keras.models.clone_model + set_weights) or save the model first when it has a "
+        "hard-coded training=True; better, remove the hard-coded flag",
+    ),
 )

@@ -34,7 +34,8 @@ CLAIMS = (
     Claim(
         "C06",
         "16-bit dtype policy: moving statistics converge",
-        "A BN layer created with a pure 16-bit dtype policy (dtype='bfloat16' or 'float16') and trained on a "
+        "A BN layer created with a 16-bit dtype policy, pure (dtype='bfloat16' or 'float16') or mixed "
+        "('mixed_bfloat16' or 'mixed_float16': 16-bit computation, float32 variables), and trained on a "
         "stationary stream follows the moving-statistics EMA that float32 arithmetic gives (within float32 "
         "rounding) and never overflows to inf, as a float32 layer does.",
         "Keras 3 BatchNormalization.build (add_weight without a dtype: the layer's variable dtype) and call "
@@ -44,6 +45,12 @@ CLAIMS = (
         expected=(
             Expect(HOLDS, flavour="tfkeras",
                    why="tf_keras raises the parameters of a float16/bfloat16 layer to float32 (_param_dtype)"),
+            Expect(HOLDS, flavour="keras3", case="dtype=mixed_bfloat16",
+                   why="a mixed policy keeps float32 variables and Keras 3 upcasts 16-bit inputs to float32 before "
+                       "the moments and the update (BatchNormalization.call): the float32 EMA"),
+            Expect(HOLDS, flavour="keras3", case="dtype=mixed_float16",
+                   why="a mixed policy keeps float32 variables and Keras 3 upcasts 16-bit inputs to float32 before "
+                       "the moments and the update (BatchNormalization.call): the float32 EMA"),
             Expect(REFUTED, flavour="keras3", case="dtype=float16,stream=wide", mechanism="float16_overflow",
                    why="Keras 3 keeps the moving variance in float16, and the EMA of a variance near 1e5 passes "
                        "float16's maximum 65504: the stored value rounds to +inf and stays inf"),
@@ -61,7 +68,11 @@ CLAIMS = (
               "exactly 1.0 (exact EMA 1.286) and the mean at 0.25 (0.285), both stalled (one more call changes "
               "nothing), and the wide stream's variance at 74624 (95029); float16 lags (variance 1.252) and its "
               "wide stream's moving variance is +inf (the EMA passes 65504 after ~110 calls); every value is the "
-              "16-bit replay's. tf_keras' float32 variables follow the float32 EMA within its bound."),
+              "16-bit replay's. tf_keras' float32 variables follow the float32 EMA within its bound. The mixed "
+              "policies (dtype=mixed_bfloat16/mixed_float16: the same streams, the input cast to the 16-bit compute "
+              "dtype changes nothing since it is exactly representable) hold everywhere: the moving statistics "
+              "are the float32 EMA's within its bound; a layer that averaged in the 16-bit compute dtype (keras-core "
+              "before PR #412, the mixed-16bit-moving-average mutant) stalls hundreds of bounds away."),
         advice=("never build BN under a pure 'bfloat16'/'float16' policy in Keras 3: use 'mixed_bfloat16' / "
                 "'mixed_float16' (float32 variables), or give the BN layers dtype='float32'"),
     ),

@@ -194,12 +194,13 @@ class Verdict:
 
     def refusal(self, name: str, exc: BaseException, types, names=()) -> bool:
         """Whether the exception `exc` is the specific refusal a claim allows ("rejected with an error"): an
-        instance of `types` whose message contains every string in `names` (e.g. the refused argument).
-        Recorded as evidence `name` ("Type: message", first 300 characters) and `<name>_is_the_refusal`. The
-        caller re-raises anything else: an unrelated exception (a junk file, a crash) is an error of the
-        test, never the expected answer."""
+        instance of `types` whose message contains every one of `names` (a string, e.g. the refused argument,
+        or a compiled regular expression that must match somewhere). Recorded as evidence `name` ("Type:
+        message", first 300 characters) and `<name>_is_the_refusal`. The caller re-raises anything else: an
+        unrelated exception (a junk file, a crash) is an error of the test, never the expected answer."""
         text = str(exc)
-        specific = isinstance(exc, types) and all(n in text for n in names)
+        specific = isinstance(exc, types) and all(n in text if isinstance(n, str) else n.search(text) is not None
+                                                  for n in names)
         self.record(**{name: f"{type(exc).__name__}: {text[:300]}", f"{name}_is_the_refusal": specific})
         return specific
 

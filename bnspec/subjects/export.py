@@ -58,7 +58,7 @@ CONVERTER = {("onnx", "tensorflow"): ("tf2onnx", "tf2onnx"), ("onnx", "jax"): ("
              ("tf_saved_model", "tensorflow"): ("tensorflow", "tensorflow"), ("torch", "torch"): ("torch", "torch")}
 # Keras' own refusals of a format on a backend (keras/src/models/model.py, export/*.py)
 _REFUSAL = re.compile(r"(requires (TensorFlow|PyTorch|the torch)|only available with|only compatible with|"
-                      r"Unrecognized format)", re.I)
+                      r"Unrecognized format|Unsupported arguments for LiteRT export)", re.I)
 R_A = 4  # roundings in a = gamma/sqrt(var+eps): the add, sqrt + division (or an rsqrt of <= 2 ulp), the product
 
 
@@ -397,7 +397,11 @@ class Artefact:
 
         ep = torch.export.load(str(self.path))
         items = list(ep.state_dict.items()) + list(ep.constants.items())
-        return [(k, v.detach().cpu().numpy()) for k, v in items if isinstance(v, torch.Tensor)]
+        out = [(k, v.detach().cpu().numpy()) for k, v in items if isinstance(v, torch.Tensor)]
+        # python floats in the graph (epsilon is aten.add(var, 0.001)): float32, as the op computes in float32
+        out += [(f"{n.name}/arg{i}", np.float32(a)) for n in ep.graph.nodes if n.op == "call_function"
+                for i, a in enumerate(n.args) if isinstance(a, float)]
+        return out
 
     def state(self) -> dict[str, np.ndarray]:
         """The mutable state the runtime holds between calls (a SavedModel's variables, a torch module's
@@ -749,6 +753,21 @@ FORMS = (("kept", ("mean", "var", "gamma", "beta", "eps")), ("kept, var+eps prec
          ("kept, rsqrt precomputed", ("mean", "inv", "gamma", "beta")), ("scale precomputed", ("mean", "scale", "beta")),
          ("scale/shift", ("scale", "shift")), ("scale, bias folded", ("scale", "bias")),
          ("folded into the kernel", ("kernel", "bias")))
+
+
+def kernel_found(constants, kernel, scale=None, u: float = U32) -> str | None:
+    """The name of a constant holding `kernel` (Keras layout) in any axis order: bitwise, or folded with a BN
+    scale `scale` (W*a, within (R_A+1)u) when given; None when the graph holds neither."""
+    W = np.asarray(kernel, np.float64)
+    targets = [(W, np.zeros_like(W))] + ([(W * scale, (R_A + 1) * u * np.abs(W * scale))] if scale is not None else [])
+    for nm, arr in constants:
+        if arr.size != W.size or arr.ndim != W.ndim:
+            continue
+        for perm in itertools.permutations(range(arr.ndim)):
+            t = arr.transpose(perm)
+            if t.shape == W.shape and any(np.all(np.abs(t - w) <= b) for w, b in targets):
+                return nm
+    return None
 
 
 def carried(constants, state: dict, kernel=None, bias=None, u: float = U32) -> Carry:

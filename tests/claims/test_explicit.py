@@ -7,6 +7,7 @@ import pytest
 
 from bnspec import reference
 from bnspec.subjects import popstats
+from bnspec.subjects.model import bn_layers
 from tests.claims import _kit as probes
 from bnspec.measure.backend import to_numpy
 from bnspec.measure.verdict import finite, not_applicable
@@ -298,6 +299,14 @@ def test_keras_and_explicit_models_train_alike(B, verdict, keras, layers_mod, mn
                          f"to {probes.value_text(verdict, 'max_param_change', '.2f')})")
 
 
+def _paired_gap(first, second) -> tuple[float, float, int, int]:
+    """(accuracy gap first - second, its tolerance LAMBDA * sqrt(d)/n, only-first-right, only-second-right) for two
+    boolean vectors of correct answers on the same n images (paired, McNemar: see test_trained_accuracies_agree)."""
+    n = len(first)
+    only_first, only_second = int(np.sum(first & ~second)), int(np.sum(~first & second))
+    return (only_first - only_second) / n, reference.LAMBDA * np.sqrt(only_first + only_second) / n, only_first, only_second
+
+
 @pytest.mark.claim("E07")
 def test_trained_accuracies_agree(verdict, trained, trained_explicit, mnist):
     """Test-accuracy gap of the cached Keras-BN and ExplicitBatchNorm models vs 6 paired (McNemar) sd."""
@@ -308,26 +317,37 @@ def test_trained_accuracies_agree(verdict, trained, trained_explicit, mnist):
         logits = finite(f"{name}_logits", t.model.predict(mnist.x_test, batch_size=1000, verbose=0))
         correct[name] = logits.argmax(1) == labels
     acc = {name: float(c.mean()) for name, c in correct.items()}
-    only_keras = int(np.sum(correct["keras"] & ~correct["explicit"]))
-    only_explicit = int(np.sum(~correct["keras"] & correct["explicit"]))
-    gap = (only_keras - only_explicit) / n  # = acc_keras - acc_explicit: the examples both get right cancel
     # Paired threshold (McNemar): given the d = only_keras + only_explicit examples on which exactly one
     # model is right, equal accuracy means each of them favours either model with probability 1/2, so
     # only_keras - only_explicit has mean 0 and standard deviation sqrt(d): the accuracy gap's sd is
     # sqrt(d)/n. The models agree when |gap| <= LAMBDA * sqrt(d)/n (LAMBDA = 6, as every statistical
     # bound here): e.g. d = 50 disagreements on n = 10,000 images allow 6*sqrt(50)/10000 = 0.42 points.
-    tol = reference.LAMBDA * np.sqrt(only_keras + only_explicit) / n
+    # (gap = acc_keras - acc_explicit: the examples both get right cancel.)
+    gap, tol, only_keras, only_explicit = _paired_gap(correct["keras"], correct["explicit"])
     ok = verdict.within("accuracy_gap", gap, tol)
     # not "agree" on garbage: each model must beat chance (10 classes: 10% +- sqrt(0.09/n)) by LAMBDA sd
     chance_sd = np.sqrt(0.1 * 0.9 / n)
     for name in correct:
         verdict.power(f"{name}_above_chance", acc[name] - 0.1, reference.LAMBDA * chance_sd, measured=True)
+    # the control: a known-wrong BN must fall outside the same paired tolerance. The Keras model with its
+    # moving statistics lost (reset to the initial 0 and 1, as a checkpoint of the trainable variables only
+    # restores them) is measured against the Keras model exactly as the explicit model is; a statistical
+    # threshold on measured accuracies (1x)
+    wrong = trained.fresh()
+    for layer in bn_layers(wrong):
+        layer.moving_mean.assign(np.zeros(tuple(layer.moving_mean.shape), np.float32))
+        layer.moving_variance.assign(np.ones(tuple(layer.moving_variance.shape), np.float32))
+    wrong_correct = finite("control_logits", wrong.predict(mnist.x_test, batch_size=1000, verbose=0)).argmax(1) == labels
+    c_gap, c_tol, c_keras, c_wrong = _paired_gap(correct["keras"], wrong_correct)
+    verdict.power("control_lost_moving_statistics_gap", c_gap, c_tol, measured=True)
     verdict.record(keras_test_accuracy=acc["keras"], explicit_test_accuracy=acc["explicit"], gap_points=100 * gap,
                    only_keras_right=only_keras, only_explicit_right=only_explicit, tolerance_points=100 * tol,
-                   within_half_a_point=bool(abs(gap) <= 0.005))
+                   within_half_a_point=bool(abs(gap) <= 0.005), control_test_accuracy=float(wrong_correct.mean()),
+                   control_only_keras_right=c_keras, control_only_control_right=c_wrong)
     verdict.conclude(ok, f"test accuracy {acc['keras']:.4f} (Keras BN) vs {acc['explicit']:.4f} (ExplicitBatchNorm): "
                          f"{100 * gap:+.2f} points, tolerance {100 * tol:.2f} = 6 sqrt({only_keras}+{only_explicit})/{n} "
-                         "(paired, McNemar)")
+                         f"(paired, McNemar); a BN with lost moving statistics: {100 * c_gap:+.2f} points, tolerance "
+                         f"{100 * c_tol:.2f}")
 
 
 @pytest.mark.claim("E08")

@@ -76,6 +76,7 @@ def _ema_bound(old, stat, d_stat, momentum):
 
 C06_STEPS, C06_MOMENTUM, C06_UNITS = 300, 0.99, 8
 SIXTEEN_BIT_EPS = {"bfloat16": 2.0**-7, "float16": 2.0**-10}  # spacing of 1.0 (8 / 11 significant bits)
+C06_COMPUTE = {"mixed_bfloat16": "bfloat16", "mixed_float16": "float16"}  # mixed policies: float32 variables
 
 
 def _c06_batch(rng, stream):
@@ -286,9 +287,10 @@ def _fused_by_the_rules(kwargs: dict, ndim: int, axis: int) -> dict[str, bool]:
 
 @pytest.mark.claim("C06")
 @pytest.mark.parametrize("stream", ["moderate", "wide"])
-@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16", "mixed_bfloat16", "mixed_float16"])
 def test_16bit_policy_moving_statistics_converge(B, verdict, keras, rng, dtype, stream):
-    """Moving statistics after 300 calls under a 16-bit policy vs the float32 EMA (16-bit rounding, overflow)."""
+    """Moving statistics after 300 calls under a pure or mixed 16-bit policy vs the float32 EMA (16-bit rounding,
+    overflow)."""
     m = C06_MOMENTUM
     x = _c06_batch(rng, stream)
     layer = keras.layers.BatchNormalization(dtype=dtype, momentum=m)
@@ -356,6 +358,12 @@ def test_16bit_policy_moving_statistics_converge(B, verdict, keras, rng, dtype, 
                    exact_ema_mean=float(np.mean(ema_mean)), exact_ema_variance=float(np.mean(ema_var)))
     if n_bad == 0:
         verdict.record(final_moving_mean=float(np.mean(got_mean)), final_moving_variance=float(np.mean(got_var)))
+    low = C06_COMPUTE.get(dtype)
+    if low and var_dtype not in SIXTEEN_BIT_EPS and n_bad == 0:
+        # context, not checked: a mixed policy's float32 variables holding only 16-bit numbers would say the
+        # average ran in the 16-bit compute dtype (keras-core before PR #412)
+        got = np.concatenate([got_mean, got_var])
+        verdict.record(context_stored_values_all_16bit=bool(np.array_equal(_round16(got, low), got)))
     verdict.conclude(ok, f"{dtype} policy, {stream} stream: variables {var_dtype}; after {C06_STEPS} calls "
                          + (f"moving variance +inf in {n_bad} feature(s)" if n_bad else
                             "max |moving mean - float32 EMA| "

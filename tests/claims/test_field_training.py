@@ -68,8 +68,11 @@ def _optimizer(keras, name: str, **kwargs):
     try:
         return getattr(keras.optimizers, name)(**kwargs)
     except (TypeError, ValueError) as exc:
-        unknown = [k for k in kwargs if k in str(exc)]
-        if unknown and ("keyword" in str(exc) or "argument" in str(exc)):
+        text = str(exc)
+        unknown = [k for k in kwargs if k in text]
+        # Keras 3: "Argument(s) not recognized: {...}"; tf_keras: "... is not a valid argument, kwargs should be
+        # empty ..."; Python: "unexpected keyword argument"
+        if unknown and ("keyword" in text.lower() or "argument" in text.lower()):
             not_applicable(f"this Keras' optimizers have no {', '.join(unknown)} argument")
         raise
 
@@ -191,11 +194,12 @@ def test_gradient_accumulation_is_one_large_batch_for_bn(verdict, keras, rng):
     # how different each micro-batch's statistics are from the whole batch's (what each normalisation used)
     verdict.record(microbatch_means=[reference.batch_stats(b_)[0] for b_ in micro],
                    large_batch_mean=reference.batch_stats(x)[0], k=k, micro_batch=m, momentum=momentum)
-    verdict.conclude(ok, f"k = {k} x {m}: moving mean {probes.value_text(verdict, 'moving_mean_vs_one_large_batch', '.3g')} "
-                         f"from one update with the {k * m} examples' statistics "
+    verdict.conclude(ok, f"k = {k} x {m}: moving mean "
+                         f"{probes.value_text(verdict, 'moving_mean_vs_one_large_batch', '.3g')} from one update with the "
+                         f"{k * m} examples' statistics "
                          f"({probes.ratio_text(verdict, 'moving_mean_vs_one_large_batch', '.3g')} x its bound), "
-                         f"{probes.value_text(verdict, 'moving_mean_vs_per_microbatch', '.2g')} from {k} per-micro-batch "
-                         "updates")
+                         f"{probes.value_text(verdict, 'moving_mean_vs_per_microbatch', '.2g')} from {k} "
+                         "per-micro-batch updates")
 
 
 # --------------------------------------------------------------------------- C31
@@ -253,11 +257,12 @@ def test_ema_weights_keep_bn_statistics_consistent(verdict, keras, rng):
     # bitwise those of the twin run without EMA
     raw = verdict.within("moving_mean_vs_raw_weights", mm - r_mean, rb_mean)
     raw &= verdict.within("moving_var_vs_raw_weights", mv - r_var, rb_var)
-    twin_same = verdict.equal("moving_stats_equal_twin_without_ema", probes.flat([mm, mv]), probes.flat([tm, tv]))
     swapped = not verdict.equal("kernel_equal_twin_without_ema", w_ema, w_raw)
-    verdict.mechanism("trainable_only_averaged", raw and twin_same and swapped,
-                      f"moving statistics within the bound of the raw weights' batch statistics: {raw}; bitwise the "
-                      f"run without EMA's: {twin_same}; kernel replaced by its average: {swapped}")
+    verdict.mechanism("trainable_only_averaged", raw and swapped,
+                      f"moving statistics within the bound of the raw weights' batch statistics: {raw}; kernel "
+                      f"replaced by its average: {swapped}")
+    # supporting evidence, not required (two runs need not round alike on every device): bitwise the twin's
+    verdict.equal("moving_stats_equal_twin_without_ema", probes.flat([mm, mv]), probes.flat([tm, tv]))
     # what it costs: |log(data variance / moving variance)| per feature, and the MSE of the final model with the
     # stored statistics vs with statistics re-estimated under its own weights (float64 forward)
     layers = probes.mlp_reference_layers(model)
@@ -327,8 +332,9 @@ def test_zero_weight_rows_stay_out_of_bn_statistics(verdict, keras, rng, weighti
     verdict.record(fit_loss=float(hist.history["loss"][0]), padded_fraction=pad / (real + pad),
                    weighted_rows_mean=r_mean, all_rows_mean=a_mean, moving_mean=mm)
     verdict.conclude(ok, f"{weighting}: moving mean {np.round(mm, 3).tolist()} vs the weighted rows' "
-                         f"{np.round(r_mean, 3).tolist()} ({probes.ratio_text(verdict, 'moving_mean_vs_weighted_rows', '.3g')} "
-                         f"x the bound) and all rows' {np.round(a_mean, 3).tolist()}")
+                         f"{np.round(r_mean, 3).tolist()} "
+                         f"({probes.ratio_text(verdict, 'moving_mean_vs_weighted_rows', '.3g')} x the bound) and all rows' "
+                         f"{np.round(a_mean, 3).tolist()}")
 
 
 # --------------------------------------------------------------------------- C33
@@ -404,6 +410,7 @@ def test_stateless_call_loop_trains_bn(verdict, keras, backend_name, rng, varian
     verdict.mechanism("state_not_written_back", in_loop and kept,
                       f"the loop's state holds the 3 updates: {in_loop}; the model's moving statistics are bitwise "
                       f"the initial ones: {kept}")
-    verdict.conclude(ok, f"{variant}: moving mean {probes.value_text(verdict, 'moving_mean_vs_3_updates', '.3g')} from "
-                         f"3 EMA updates ({probes.ratio_text(verdict, 'moving_mean_vs_3_updates', '.3g')} x the bound); "
+    verdict.conclude(ok, f"{variant}: moving mean {probes.value_text(verdict, 'moving_mean_vs_3_updates', '.3g')} "
+                         f"from 3 EMA updates ({probes.ratio_text(verdict, 'moving_mean_vs_3_updates', '.3g')} x the "
+                         "bound); "
                          f"loop state unchanged: {inference}")

@@ -9,6 +9,7 @@ import pytest
 from bnspec import reference
 from tests.claims import _kit as probes
 from bnspec.measure.backend import to_numpy
+from bnspec.measure.verdict import not_applicable
 
 
 # --------------------------------------------------------------------------- helpers
@@ -139,18 +140,7 @@ def test_mask_excludes_steps_from_statistics(verdict, keras, rng, mask_via):
 @pytest.mark.parametrize("training", [True, False])
 def test_synchronized_single_replica_equals_plain(verdict, keras, backend_name, rng, training):
     """synchronized=True on one replica vs a plain layer with the same state: outputs and moving statistics."""
-    if backend_name != "tensorflow":
-        # Keras documents the argument as TensorFlow-only ("synchronized: Only applicable with the
-        # TensorFlow backend", BatchNormalization's docstring) and its constructor refuses it elsewhere:
-        # a documented limitation, not a verdict. Skipped only when that refusal is what we observe, so
-        # that a Keras that starts to support it on this backend is measured again.
-        try:
-            keras.layers.BatchNormalization(synchronized=True)
-        except ValueError as exc:
-            if "only supported with the TensorFlow backend" not in str(exc):
-                raise
-            pytest.skip(f"synchronized=True is documented as TensorFlow-only, and Keras refuses it on "
-                        f"{backend_name}: {exc}")
+    probes.skip_if_synchronized_refused(keras, backend_name)  # TensorFlow-only, where Keras refuses it
     units, batch, momentum = 32, 60, 0.9
     plain = probes.make_bn(keras, units, rng, momentum=momentum)
     synced = keras.layers.BatchNormalization(momentum=momentum, synchronized=True)
@@ -277,3 +267,179 @@ def test_moving_variance_is_biased_for_every_rank(verdict, keras, rng, layout):
     verdict.record(ratio_to_biased=ratio, unbiased_factor=k, elements_per_feature=m)
     verdict.conclude(ok, f"{layout}: moving variance / biased batch variance = {ratio:.5f} "
                          f"(m/(m-1) = {k:.5f}, bound {float(np.max(b_var / var)):.1e} relative)")
+
+
+# --------------------------------------------------------------------------- K17: renorm's training output
+
+U32 = reference.U32
+RENORM_CLIPPING = {"none": None, "rmax_dmax": {"rmax": 1.5, "rmin": 1 / 1.5, "dmax": 0.5}}
+
+
+def _clip(v, lo, hi):
+    return np.clip(v, -np.inf if lo is None else lo, np.inf if hi is None else hi)
+
+
+def _renorm_reference(x, s, r_mean, r_std, clipping, floor=True):
+    """The claim's renorm training output in float64 and its float32 bound: (y, r, d, bound).
+
+    Exact: sigma_B = sqrt(var_B + eps), sigma_R = max(renorm_stddev, sqrt(eps)) (without the floor when
+    `floor` is False: an alternative), r = clip(sigma_B / sigma_R, rmin, rmax), d = clip((mu_B - mu_R) /
+    sigma_R, -dmax, dmax), y = gamma * (x_hat * r + d) + beta.
+
+    float32 (first order): the batch statistics err by d_mean <= m u mean|x| and d_var <= 2 (m + 2) u
+    mean(x^2) (as reference.bn_bound); sigma_B then relatively by d_var / (2 (var + eps)) + 2u (the add and
+    the sqrt), sigma_R by u (sqrt(eps) rounded; renorm_stddev is read exactly), r = sigma_B / sigma_R by
+    their sum + u; clipping is 1-Lipschitz and its limits are rounded to float32 (u |r|): dr <= r0 e_r + u r.
+    d: the numerator mu_B - mu_R errs by d_mean + u |mu_B - mu_R|, the division adds |d0| (e_sigma_R + u),
+    the limits u |d|. Keras composes scale r * gamma (dg <= |gamma| dr + u |r gamma|) and offset d * gamma +
+    beta (db <= |gamma| dd + u (2 |d gamma| + |beta|)) and normalises: reference.bn_bound with that scale and
+    offset (statistics over m values) plus |x_hat| dg + db."""
+    x = np.asarray(x, np.float64)
+    m = x.shape[0]
+    g, b, eps = s["gamma"], s["beta"], s["eps"]
+    mean, var = reference.batch_stats(x)
+    sig_b = np.sqrt(var + eps)
+    sig_r = np.maximum(r_std, np.sqrt(eps)) if floor else np.asarray(r_std, np.float64)
+    clip = clipping or {}
+    r0, d0 = sig_b / sig_r, (mean - r_mean) / sig_r
+    r = _clip(r0, clip.get("rmin"), clip.get("rmax"))
+    dmax = clip.get("dmax")
+    d = _clip(d0, None if dmax is None else -dmax, dmax)
+    x_hat = (x - mean) / sig_b
+    y = g * (x_hat * r + d) + b
+    d_mean = m * U32 * np.abs(x).mean(axis=0)
+    d_var = 2 * (m + 2) * U32 * (x**2).mean(axis=0)
+    e_r0 = d_var / (2 * (var + eps)) + 2 * U32 + U32 + U32
+    dr = r0 * e_r0 + U32 * r
+    dd = (d_mean + U32 * np.abs(mean - r_mean)) / sig_r + np.abs(d0) * 2 * U32 + U32 * np.abs(d)
+    g_eff, b_eff = r * g, d * g + b
+    dg = np.abs(g) * dr + U32 * np.abs(g_eff)
+    db = np.abs(g) * dd + U32 * (2 * np.abs(d * g) + np.abs(b))
+    bound = reference.bn_bound(x, g_eff, b_eff, mean, var, eps, n_reduce=m) + np.abs(x_hat) * dg + db
+    return y, r, d, bound
+
+
+@pytest.mark.claim("K17")
+@pytest.mark.parametrize("clipping", list(RENORM_CLIPPING))
+def test_renorm_training_output(verdict, keras, rng, clipping):
+    """renorm=True in training mode vs gamma * (x_hat * r + d) + beta with r, d from the renorm statistics."""
+    units, batch = 8, 32
+    kwargs = {"renorm_clipping": RENORM_CLIPPING[clipping]} if RENORM_CLIPPING[clipping] else {}
+    layer = probes.bn_layer(keras, renorm=True, momentum=0.9, renorm_momentum=0.9, **kwargs)
+    layer.build((None, units))
+    probes.randomise_bn(layer, rng)
+    # renorm statistics away from the batch's; the last two features' renorm_stddev below sqrt(eps)
+    r_mean = rng.normal(0.0, 2.0, units).astype(np.float32)
+    r_std = rng.uniform(0.5, 3.0, units).astype(np.float32)
+    r_std[-2:] = 0.01
+    layer.renorm_mean.assign(r_mean)
+    layer.renorm_stddev.assign(r_std)
+    s = probes.bn_state(layer)
+    x = probes.feature_inputs(rng, (batch, units), -1)
+    y = to_numpy(layer(x, training=True), np.float64)
+    clip = RENORM_CLIPPING[clipping]
+    ref, r, d, bound = _renorm_reference(x, s, r_mean.astype(np.float64), r_std.astype(np.float64), clip)
+    ok = verdict.within("output_vs_renorm_reference", y - ref, bound)
+    # the alternatives, each exact (float64): plain BN (r = 1, d = 0: the correction not applied), and
+    # sigma_R without its sqrt(eps) floor; with clipping, r or d left unclipped
+    plain = reference.bn_train(x, s["gamma"], s["beta"], s["eps"])[0]
+    verdict.power("plain_bn_alternative", plain - ref, bound)
+    if not clip:  # (with clipping, the limits hide the floor: r and d are clipped either way there)
+        unfloored = _renorm_reference(x, s, r_mean.astype(np.float64), r_std.astype(np.float64), clip, floor=False)[0]
+        verdict.power("unfloored_renorm_stddev_alternative", unfloored - ref, bound)
+    else:
+        for key, drop in (("r", ("rmin", "rmax")), ("d", ("dmax",))):
+            loose = {k: v for k, v in clip.items() if k not in drop}
+            alt = _renorm_reference(x, s, r_mean.astype(np.float64), r_std.astype(np.float64), loose)[0]
+            verdict.power(f"{key}_unclipped_alternative", alt - ref, bound)
+    clip = clip or {}
+    verdict.record(r_range=[float(np.min(r)), float(np.max(r))], d_range=[float(np.min(d)), float(np.max(d))],
+                   r_clipped=int(np.sum((r == clip.get("rmax", np.inf)) | (r == clip.get("rmin", -np.inf)))),
+                   d_clipped=int(np.sum(np.abs(d) == clip.get("dmax", np.inf))))
+    verdict.conclude(ok, f"renorm_clipping {clipping}: |y - gamma (x_hat r + d) - beta| "
+                         f"{probes.within_text(verdict, 'output_vs_renorm_reference')} (ratio "
+                         f"{probes.ratio_text(verdict, 'output_vs_renorm_reference')}); r in "
+                         f"[{np.min(r):.3g}, {np.max(r):.3g}], d in [{np.min(d):.3g}, {np.max(d):.3g}]; plain BN would "
+                         f"differ by {probes.value_text(verdict, 'plain_bn_alternative', '.3g')}")
+
+
+# --------------------------------------------------------------------------- K18: float64 layers
+
+U64_OVER_U32 = 2.0**-29  # float64's unit roundoff 2^-53 over float32's 2^-24
+
+
+def _float64_not_held(keras, backend_name: str) -> None:
+    """Not applicable where this Keras cannot hold a float64 value at all (measured, not assumed): JAX without
+    jax_enable_x64 gives a keras.Variable(dtype='float64') float32 values. Elsewhere a float32 value is the
+    claim's business (the test measures it)."""
+    held = str(to_numpy(keras.Variable(np.zeros(2), dtype="float64")).dtype) if hasattr(keras, "Variable") else "float64"
+    if held != "float64" and backend_name == "jax":
+        not_applicable(f"Keras on JAX holds float64 only with jax_enable_x64: keras.Variable(dtype='float64') holds "
+                       f"{held} values here")
+
+
+@pytest.mark.claim("K18")
+@pytest.mark.parametrize("mean", [1.0, 1e4])
+@pytest.mark.parametrize("mode", ["training", "inference"])
+def test_float64_layer_computes_in_float64(verdict, keras, backend_name, rng, mode, mean):
+    """A dtype='float64' layer's output (dtype, values) and moving statistics vs the float64 reference, float64 bounds."""
+    _float64_not_held(keras, backend_name)
+    units, batch, momentum = 8, 60, 0.9
+    layer = keras.layers.BatchNormalization(dtype="float64", momentum=momentum)
+    layer.build((None, units))
+    gamma, beta = rng.uniform(0.5, 2.0, units), rng.normal(0.0, 1.0, units)
+    mov_mean, mov_var = mean + rng.normal(0.0, 1.0, units), rng.uniform(0.5, 4.0, units)  # near the inputs
+    for var, value in ((layer.gamma, gamma), (layer.beta, beta), (layer.moving_mean, mov_mean),
+                       (layer.moving_variance, mov_var)):
+        var.assign(value)  # float64 values: exact in float64 variables
+    s = {"gamma": gamma, "beta": beta, "mean": mov_mean, "var": mov_var, "eps": float(layer.epsilon)}
+    x = mean + rng.normal(0.0, 1.0, (batch, units)) * rng.uniform(0.5, 2.0, units)  # float64 inputs
+    out = to_numpy(layer(x, training=mode == "training"))
+    out_dtype = str(out.dtype)
+    var_dtypes = sorted({str(to_numpy(w).dtype) for w in layer.weights})
+    bad = verdict.count_nonfinite("nonfinite_outputs", out)  # a float64 computation of these inputs has none
+    if mode == "training":
+        ref, bmean, bvar = reference.bn_train(x, gamma, beta, s["eps"])
+        b32 = reference.bn_bound(x, gamma, beta, bmean, bvar, s["eps"], n_reduce=batch)
+    else:
+        ref = reference.bn_inference(x, gamma, beta, mov_mean, mov_var, s["eps"])
+        b32 = reference.bn_bound(x, gamma, beta, mov_mean, mov_var, s["eps"])
+    # the float64 bound: reference.bn_bound is first order in the unit roundoff (a sum of terms c * u32), so
+    # the same evaluation in float64 is within bn_bound * 2^-29; the numpy float64 reference rounds too (by the
+    # same kind of bound): the two are within twice that
+    bound = 2 * U64_OVER_U32 * b32
+    ok = bad == 0 and out_dtype == "float64" and var_dtypes == ["float64"]
+    # the alternative: the same formula evaluated in float32 (numpy float32: measured, its rounding in it)
+    x32, g32, be32 = (np.asarray(a, np.float32) for a in (x, gamma, beta))
+    if mode == "training":
+        m32, v32 = x32.mean(axis=0), x32.var(axis=0)
+    else:
+        m32, v32 = np.asarray(mov_mean, np.float32), np.asarray(mov_var, np.float32)
+    inv32 = g32 / np.sqrt(v32 + np.float32(s["eps"]))
+    y32 = x32 * inv32 + (be32 - m32 * inv32)
+    verdict.power("float32_computation_alternative", y32.astype(np.float64) - ref, bound, measured=True)
+    float32_like = False
+    if bad == 0:
+        ok &= verdict.within("output_vs_float64_reference", out.astype(np.float64) - ref, bound)
+        float32_like = verdict.within("output_vs_float32_bound", out.astype(np.float64) - ref, b32)
+    if mode == "training":  # one EMA step of the float64 moving statistics, within float64 rounding
+        want_m, want_v = reference.ema(mov_mean, bmean, momentum), reference.ema(mov_var, bvar, momentum)
+        e_m, e_v = reference.ema_bounds(x, mov_mean, mov_var, momentum)
+        got_m, got_v = (to_numpy(v).astype(np.float64) for v in (layer.moving_mean, layer.moving_variance))
+        ok &= verdict.within("moving_mean_vs_float64_ema", got_m - want_m, 2 * U64_OVER_U32 * e_m)
+        ok &= verdict.within("moving_variance_vs_float64_ema", got_v - want_v, 2 * U64_OVER_U32 * e_v)
+        stats32 = verdict.within("moving_statistics_vs_float32_bound", np.concatenate([got_m - want_m, got_v - want_v]),
+                                 np.concatenate([e_m, e_v]))
+        float32_like = stats32 and (float32_like or bad > 0)  # the outputs' check where they are finite
+        verdict.record(moving_variance_relative_error=float(np.max(np.abs(got_v - want_v) / want_v)))
+    # the mechanism of a refutation: float32 arithmetic inside (within the float32 bounds, beyond the float64 ones)
+    verdict.mechanism("computes_in_float32", float32_like and not ok,
+                      f"outputs{' (finite ones)' if bad else ''}{' and moving statistics' if mode == 'training' else ''}"
+                      f" {'within' if float32_like else 'not within'} the float32 bound of the reference; output "
+                      f"{out_dtype}, {bad} non-finite")
+    verdict.record(output_dtype=out_dtype, variable_dtypes=var_dtypes)
+    verdict.conclude(ok, f"{mode}, input mean {mean:g}: output {out_dtype} ({bad} non-finite), variables {var_dtypes}"
+                         + (f"; |y - float64 reference| {probes.within_text(verdict, 'output_vs_float64_reference')}"
+                            if bad == 0 else "")
+                         + f"; a float32 computation would be {probes.value_text(verdict, 'float32_computation_alternative')}"
+                           " off")

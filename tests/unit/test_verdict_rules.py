@@ -3,6 +3,8 @@
 readers (`ratio`, `quote`) and the specific-refusal check (`refusal`). Direct calls on a bare Verdict, no
 pytest child and no TensorFlow."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -118,3 +120,13 @@ def test_a_junk_file_is_not_a_refusal():
     v = _bare_verdict()
     junk = OSError("Unable to synchronously open file (file signature not found)")
     assert not v.refusal("error", junk, ValueError, ("Shape mismatch", "bn"))
+
+
+def test_refusal_names_may_be_patterns():
+    """A refusal whose wording is not known in advance (C07: an empty batch) is matched by a pattern."""
+    v = _bare_verdict()
+    empty = re.compile(r"empty|\b0\b", re.IGNORECASE)
+    assert v.refusal("e", ValueError("Cannot normalise an empty batch"), ValueError, (empty,))
+    assert v.refusal("e", ValueError("batch size 0 is not supported"), ValueError, (empty,))
+    assert not v.refusal("e", ValueError("Input 0 of layer 'bn' is incompatible: expected axis -1 ..."), ValueError,
+                         (re.compile("empty", re.IGNORECASE),))

@@ -8,8 +8,8 @@ from bnspec.audit.checks.gates import is_keras3
 from bnspec.audit.findings import Finding, Target, make
 from bnspec.audit.tree import Layer, bns_in
 
-# The claim behind the TimeDistributed(BatchNormalization) finding. A placeholder until the catalogue
-# holds it: findings.lookup then reports "claim not in this catalogue" and the finding still stands.
+# The claim behind the TimeDistributed(BatchNormalization) finding (bnspec/claims/field_training.py: refuted on
+# Keras 3, holds on tf_keras); were it ever missing from the catalogue, findings.lookup says so and the finding stands.
 TIME_DISTRIBUTED_CLAIM = "C29"
 TIME_DISTRIBUTED_SOURCES = "keras-team/keras#7466, keras-team/keras#16239, tensorflow/tensorflow#30109"
 
@@ -67,12 +67,13 @@ def check_time_distributed_bn(root: Layer, target: Target, resolver=None) -> lis
                 evidence["ema_updates_per_training_step"] = steps
                 evidence["effective_momentum_per_training_step"] = [round(m ** steps, 6) for m in momenta]
         else:
-            mechanism = ("tf_keras calls the inner BN once per time step when the batch size is static (eager "
-                         "calls on arrays, Input(batch_size=...)) and once on the merged (batch x time) axis "
-                         "otherwise (fit()/predict() graphs): training and inference may normalise differently "
-                         "(tf_keras/layers/rnn/time_distributed.py)")
+            mechanism = ("tf_keras reshapes its own layer classes, BatchNormalization included, to the merged "
+                         "(batch x time) axis and calls them once, so BN normalises over batch and time together "
+                         "(measured: C29 holds on tf_keras); only a layer class of the user's own, wrapping BN, is "
+                         "called per time step when the batch size is static (tf_keras/layers/rnn/time_distributed.py). "
+                         "Moving to Keras 3 changes this: there it is applied per step")
         finding = make(
-            TIME_DISTRIBUTED_CLAIM, "time-distributed-bn", "warning", wrapper.path,
+            TIME_DISTRIBUTED_CLAIM, "time-distributed-bn", "warning" if is_keras3(target) else "info", wrapper.path,
             f"BatchNormalization inside TimeDistributed: BN applied per time step, {len(bns)} BN layer(s)", target,
             evidence=evidence,
             fix=f"{mechanism} ({TIME_DISTRIBUTED_SOURCES}). Recomputing the moving statistics (PreciseBN) cannot "
