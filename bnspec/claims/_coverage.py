@@ -34,12 +34,6 @@ class Row(NamedTuple):
     note: str = ""
 
 
-# claim ids this table names that another topic adds in parallel (issue #25): shown as pending until they exist
-PENDING = {
-    "K17": "renorm=True training output with r and d (tests/claims/test_keras_api.py, being added)",
-    "K18": "float64 layers compute in float64 (tests/claims/test_keras_api.py, being added)",
-}
-
 ANCHORS = (
     Anchor(
         "keras", "Keras 3.15.1: batch_normalization_test.py",

@@ -31,6 +31,23 @@ JAX_OPENVINO = (
     "XlaCallModule op, for which OpenVINO 2026.4's TensorFlow frontend has no conversion rule (OpConversionFailure)"
 )
 
+LITERT_TORCH_MERGE = (
+    "Keras' LiteRT export on PyTorch (litert-torch 0.10.0) writes the notebook model with the kernel of dense_1 "
+    "feeding dense_2's FULLY_CONNECTED too: the two Dense layers were created by Orthogonal(seed=100) with equal "
+    "initial kernels and trained apart, and the converter merges them into one weight tensor; dense_2's kernel "
+    "is in no constant of the .tflite and the logits are off by ~10"
+)
+FUNCTIONAL_TRACE = (
+    "the exporter traces model.__call__ with training=None, so a Functional model's baked training=True stays in "
+    "the graph (batch statistics), while Keras 3.15's predict() passes training=False, which overrides it"
+)
+TORCH_TRACE_FAILS = (
+    "on PyTorch the hard-coded training-mode BN cannot be exported: SavedModel fails in torch.export (as for every "
+    "model), OpenVINO's torch.jit.trace frontend cannot convert the subclass's in-place updates, litert-torch "
+    "fails ('expected compiled_fn to be GraphModule'), and torch.export.load refuses the .pt2 it wrote "
+    "(SpecViolationError: wrap_with_set_grad_enabled is missing val field)"
+)
+
 CLAIMS = (
     Claim(
         "D01",
@@ -43,6 +60,8 @@ CLAIMS = (
         expected=(
             Expect(REFUTED, backend="torch", case="fmt=tf_saved_model", mechanism="export_fails", why=TORCH_SAVED_MODEL),
             Expect(REFUTED, backend="jax", case="fmt=openvino", mechanism="export_fails", why=JAX_OPENVINO),
+            Expect(REFUTED, backend="torch", case="fmt=litert,subject=mlp_trained", mechanism="kernel_missing",
+                   why=LITERT_TORCH_MERGE),
             Expect(HOLDS, why="every artefact that exports computes the inference function within the bound; the "
                    "measured error is 1-3 orders of magnitude below it"),
         ),
@@ -76,6 +95,20 @@ CLAIMS = (
         "statistics as Keras' predict(): moving statistics where predict uses them, batch statistics where it does.",
         f"{EXPORT_DOCS}: the SavedModel, ONNX and OpenVINO paths trace model.__call__ (training=None), LiteRT traces "
         "partial(model.__call__, training=False), jax2onnx calls model(x, training=False); keras-team/keras#23364",
+        expected=(
+            Expect(REFUTED, backend="torch", case="fmt=onnx,kind=functional", mechanism="export_uses_batch_statistics",
+                   why=FUNCTIONAL_TRACE),
+            Expect(REFUTED, backend="torch", case="fmt=openvino,kind=functional", mechanism="export_uses_batch_statistics",
+                   why=FUNCTIONAL_TRACE),
+            Expect(HOLDS, backend="torch", case="fmt=onnx,kind=subclassed",
+                   why="torch.onnx traces the subclass's literal training=True, and predict() keeps it too"),
+            Expect(REFUTED, backend="torch", mechanism="export_fails", why=TORCH_TRACE_FAILS),
+            Expect(HOLDS, backend="tensorflow", case="fmt=litert",
+                   why="the LiteRT exporter calls the model with training=False, as predict() does"),
+            Expect(HOLDS, backend="tensorflow", case="kind=subclassed",
+                   why="a literal training=True inside call() is kept by predict() and by every export"),
+            Expect(REFUTED, backend="tensorflow", mechanism="export_uses_batch_statistics", why=FUNCTIONAL_TRACE),
+        ),
         note="Keras 3.15's predict() passes training=False, which overrides the baked training=True in a Functional "
         "model but not inside a subclass's call(); see N05/C01 for the same mechanism in fit.",
         advice="never bake training=True into a model you export; if you must, export with an explicit endpoint "
@@ -88,6 +121,13 @@ CLAIMS = (
         "example, Keras' inference output within the float32 bound.",
         f"{EXPORT_DOCS} (torch: 'dynamic shape ... not yet supported ... None replaced with 1'; litert on torch: "
         "'dynamic input shapes are not supported')",
+        expected=(
+            Expect(REFUTED, backend="torch", case="fmt=torch,batch=5", mechanism="batch_fixed_at_export",
+                   why="Keras' torch export traces torch.export.export with a batch of 1 and no dynamic_shapes: the "
+                   ".pt2 guards args_0.size()[0] == 1 and refuses a batch of 5"),
+            Expect(HOLDS, why="the other artefacts declare a dynamic batch, or (litert-torch, input shape [1, 8, 8, 3]) "
+                   "accept resize_tensor_input"),
+        ),
         note="One call per batch, no chunking: what the artefact's declared input shape allows is recorded.",
         advice="export PyTorch models with an explicit input_signature (or dynamic_shapes for format='torch') that "
         "matches the batch you will serve, or pad to the traced batch",
@@ -99,6 +139,13 @@ CLAIMS = (
         "bitwise the same outputs, and whatever state the runtime holds (a SavedModel's variables, a torch module's "
         "buffers) does not move, also for a model with a hard-coded training=True.",
         f"{EXPORT_DOCS}; C02 (the serve endpoint of a model whose BN runs in training mode moves its variables)",
+        expected=(
+            Expect(REFUTED, backend="tensorflow", case="fmt=tf_saved_model,subject=hardcoded_functional",
+                   mechanism="serve_writes_moving_statistics",
+                   why="the serve endpoint traces model.__call__ (training=None): the baked training=True runs the BN in "
+                   "training mode, which assigns new moving statistics to the SavedModel's variables on every call "
+                   "(the outputs, batch statistics, do not depend on them)"),
+        ),
         note="ONNX, OpenVINO and LiteRT artefacts hold constants only; a SavedModel and a torch .pt2 module hold "
         "variables/buffers that a training-mode BN could write.",
         advice="if a served SavedModel's outputs drift, check for a training-mode BN (a hard-coded training=True) "
@@ -111,6 +158,9 @@ CLAIMS = (
         "Dense layers train), the exported graph carries the layers' current moving statistics and weights, not the "
         "ones from before fine-tuning, and computes Keras' inference output within the float32 bound.",
         f"keras.io guide 'Transfer learning & fine-tuning' (BN frozen with trainable=False); {EXPORT_DOCS}",
+        expected=(
+            Expect(REFUTED, backend="torch", case="fmt=litert", mechanism="kernel_missing", why=LITERT_TORCH_MERGE),
+        ),
         note="The statistics before fine-tuning are the alternative: they must not match the graph (the test's "
         "power).",
     ),
@@ -121,6 +171,16 @@ CLAIMS = (
         "and the artefact computes Keras' inference output within a float16 bound (both evaluations with unit "
         "roundoff 2^-11 for inputs, weights and arithmetic).",
         f"{EXPORT_DOCS} (ONNX: 'The dtype policy must be \"float32\" for the model'); Keras mixed precision guide",
+        expected=(
+            Expect(REFUTED, backend="tensorflow", case="fmt=litert", mechanism="export_fails",
+                   why="Keras' LiteRT converter allows SELECT_TF_OPS, and float16 Conv2D/MatMul/BiasAdd/Relu become Flex "
+                   "ops: the ai-edge-litert interpreter (no Flex delegate) refuses the model at allocate/invoke"),
+            Expect(REFUTED, backend="torch", case="fmt=litert", mechanism="export_fails",
+                   why="litert-torch fails to legalise a float16 tfl.conv_2d"),
+            Expect(REFUTED, backend="torch", case="fmt=tf_saved_model", mechanism="export_fails", why=TORCH_SAVED_MODEL),
+            Expect(REFUTED, backend="jax", case="fmt=openvino", mechanism="export_fails", why=JAX_OPENVINO),
+            Expect(HOLDS, why="the other artefacts compute in float16 (or cast to float32) within the float16 bound"),
+        ),
     ),
     Claim(
         "D08",
@@ -156,6 +216,12 @@ CLAIMS = (
         f"{EXPORT_DOCS}: the SavedModel, ONNX and OpenVINO paths on TensorFlow trace a tf.function (graph mode), "
         "jax2tf/jax2onnx trace stateless JAX functions, the PyTorch paths (torch.onnx, torch.jit.trace, torch.export, "
         "litert-torch) run the model's forward on a sample input",
+        expected=(
+            *(Expect(REFUTED, backend="torch", case=f"fmt={f},subject=hardcoded_{k}", mechanism="trace_updates_moving_statistics",
+                     why=f"{'torch.onnx' if f == 'onnx' else 'torch.jit.trace (OpenVINO)'} runs the model's forward on a "
+                     "sample input: the hard-coded training-mode BN updates the Keras model's moving statistics")
+              for f in ("onnx", "openvino") for k in ("functional", "subclassed")),
+        ),
         note="A training-mode BN run on the export's sample input (ones or zeros with the batch set to 1 or 2) "
         "updates its moving statistics by one EMA step towards that input's statistics: the mechanism checked.",
         advice="export a copy (keras.models.clone_model + set_weights) or save the model first when it has a "

@@ -122,7 +122,8 @@ CLAIMS = (
         ),
         note=("Direct call: a built layer with finite, non-default moving statistics called on zeros of shape "
               "(0, 3) or (0, 2, 2, 3) with training=True; the test counts non-finite elements (a claim about "
-              "NaN) and otherwise requires the statistics bitwise unchanged. Shard: every replica's copy is "
+              "NaN) and otherwise requires the statistics bitwise unchanged; a refusal of the call counts only "
+              "as a ValueError that names the empty batch (any other exception is an error of the test). Shard: every replica's copy is "
               "recorded after each fit() batch; the first batch checks that replica r got rows 8r..8r+7. "
               "Believed (TRAPS.md): refuted on Keras 3; tf_keras refuted without a strategy (rank 4 to be "
               "measured), holds under MirroredStrategy. Measured: as believed, rank 4 included (tf_keras' fused "

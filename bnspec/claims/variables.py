@@ -22,6 +22,9 @@ CLAIMS = (
         f"{NB} cell 51 (comment above the bn_layer helper)",
         expected=(Expect(REFUTED, mechanism="shared_variables", why="a layer object can be called on several tensors; the calls then "
                          "share one set of gamma/beta/moving statistics"),),
+        note="The claim holds only if the second call is refused with a ValueError that names the layer and its "
+        "reuse; any other exception (a ValueError about an incompatible input included) is an error of the test, "
+        "not a refusal.",
         advice="calling one BN layer twice is legal but shares its statistics between the two places; "
         "create one layer per position",
     ),

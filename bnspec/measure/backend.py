@@ -58,6 +58,19 @@ class Backend:
         out = [np.zeros(t.shape, np.float32) if g is None else to_numpy(g) for t, g in zip(targets, grads)]
         return out[0], out[1:]
 
+    def tensor(self, x):
+        """`x` (numpy) as a backend tensor where Keras places tensors now: its device scope (`device_scope`),
+        else its default device. Every tensor the harness hands to a layer is made here or by keras.ops: one
+        made anywhere else meets the layer's variables on another device (the first GPU run:
+        `torch.tensor(x)` on the CPU against variables on cuda:0)."""
+        if self.name == "tensorflow":
+            import tensorflow as tf
+
+            return tf.constant(x)  # placed by the enclosing tf.device scope
+        import keras
+
+        return keras.ops.convert_to_tensor(np.asarray(x))
+
     def gradient_tensors(self, loss_fn, x, variables=()) -> list:
         """The gradients as the backend's own tensors, [d/dx, d/d each variable] (None: the loss does not
         depend on it). `x` becomes a tensor where Keras places tensors now (its device scope, else its
@@ -68,7 +81,7 @@ class Backend:
         if b == "tensorflow":
             import tensorflow as tf
 
-            xt = tf.constant(x)  # placed by the enclosing tf.device scope
+            xt = self.tensor(x)
             with tf.GradientTape() as tape:
                 tape.watch(xt)
                 loss = loss_fn(xt)
@@ -85,14 +98,12 @@ class Backend:
                 with keras.StatelessScope(state_mapping=list(zip(variables, vals))):
                     return loss_fn(xv)
 
-            gx, gv = jax.grad(pure, argnums=(0, 1))(keras.ops.convert_to_tensor(np.asarray(x)), values)
+            gx, gv = jax.grad(pure, argnums=(0, 1))(self.tensor(x), values)
             return [gx] + list(gv)
         if b == "torch":
             import torch
 
-            import keras
-
-            xt = keras.ops.convert_to_tensor(np.asarray(x)).detach().clone().requires_grad_(True)
+            xt = self.tensor(x).detach().clone().requires_grad_(True)
             for v in variables:
                 if v.value.grad is not None:
                     v.value.grad = None

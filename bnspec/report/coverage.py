@@ -31,8 +31,6 @@ def _claim(cid: str) -> str:
     c = claims.BY_ID.get(cid)
     if c is not None:
         return f"{cid} ({c.title})"
-    if cid in data.PENDING:
-        return f"{cid} (pending: {data.PENDING[cid]})"
     return f"{cid} (UNKNOWN CLAIM ID)"
 
 

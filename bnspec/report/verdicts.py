@@ -30,6 +30,7 @@ LEGEND = (f"{SYMBOL[st.HOLDS]} holds · {SYMBOL[st.REFUTED]} refuted, as expecte
           f"not measured (e.g. GPU) · {STALE_MARK} measured by older code (stale) · {INHERITED_MARK} inherited: some "
           "cases were measured by an earlier run in another environment, or kept although the latest run skipped them")
 WRAP = 200  # markdown lines are wrapped here (readable diffs; GitHub joins them)
+CONTEXT = "context_"  # evidence recorded for the reader but not part of the verdict (its name says so)
 
 
 @dataclass
@@ -327,7 +328,8 @@ def evidence_page(page: Page) -> str:
                 continue
             lines += [f"{d.key}:", "", "|case|status|evidence|", "|-|-|-|"]
             for case, status in rows:
-                text = ", ".join(f"{n}={fmt(v)}" for n, v in sorted(case.evidence.items()))
+                text = ", ".join(f"{n}={fmt(v)}" + (" (context, not checked)" if n.startswith(CONTEXT) else "")
+                                 for n, v in sorted(case.evidence.items()))
                 if case.mechanisms:
                     text += ("; " if text else "") + ", ".join(
                         f"mechanism {n}: {'confirmed' if m['confirmed'] else 'not confirmed'}" for n, m in sorted(case.mechanisms.items()))

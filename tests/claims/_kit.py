@@ -2,9 +2,11 @@
 snapshots, the numbers a model's BN layers hold, the Keras entry points, and the small readers every
 module needs: float64 copies of tensors (`f64`, `flat`), a variable's name (`variable_name`), the
 flavour's ops (`ops`), seeded inputs
-(`feature_inputs`), one EMA step's reference (`ema_step`), and evidence spelled for a summary line
-(`ratio`, `ratio_text`, `value_text`, `bound_text`, `within_text`). Backend-neutral: every value is read
-through bnspec.measure.backend.to_numpy (Keras 3 on TensorFlow, JAX or PyTorch, and tf_keras).
+(`feature_inputs`), one EMA step's reference (`ema_step`), evidence spelled for a summary line
+(`ratio`, `ratio_text`, `value_text`, `bound_text`, `within_text`: bnspec.measure.verdict.Verdict.ratio and
+.quote), and the skip of a synchronized=True case only where Keras refuses it (`skip_if_synchronized_refused`).
+Backend-neutral: every value is read through bnspec.measure.backend.to_numpy (Keras 3 on TensorFlow, JAX or
+PyTorch, and tf_keras).
 
 Change detection is NaN-safe: `changes` and `grouped_changes` raise bnspec.measure.verdict.NonFiniteMeasurement
 when a snapshot holds a NaN or infinite value (a NaN written into a variable is never read as "no

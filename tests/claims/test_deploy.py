@@ -419,6 +419,9 @@ def test_finetuned_model_exports_its_current_statistics(verdict, deploy, fmt):
         from bnspec.measure.verdict import NoPower
 
         raise NoPower("D06: the statistics from before fine-tuning are found in the graph too: no power")
+    missing = _kernels_missing(art, s)
+    verdict.record(kernels_missing_from_the_graph=missing)
+    verdict.mechanism("kernel_missing", bool(missing), f"no constant holds the kernel of {missing}" if missing else "")
     y = art.serve(s.x).astype(np.float64)
     ref, bk, be = ex.network_bound(s.x, s.plan)
     close = verdict.within("export_vs_keras", y - s.keras_output, bk + be)
@@ -483,6 +486,13 @@ def test_runtime_reduced_precision_keeps_float32_bound(verdict, deploy, keras, v
         verdict.record(inference_precision=precision)
         if "bf16" not in precision and "bfloat16" not in precision:
             not_applicable(f"OpenVINO's default inference precision on this CPU is {precision}, not bf16: D01 measures it")
+    else:
+        kinds = _weight_dtypes(art)
+        verdict.record(weight_dtypes=kinds)
+        wanted = "int8" if variant == "litert_dynamic_range" else "float16"
+        if wanted not in kinds:
+            not_applicable(f"the artefact Keras wrote for {variant} holds no {wanted} weight (2-D weight tensors: {kinds}): "
+                           "nothing was quantised on this backend")
     y = art.serve(s.x).astype(np.float64)
     ref, bk, be = ex.network_bound(s.x, s.plan)
     ok = verdict.within("export_vs_keras_float32_bound", y - s.keras_output, bk + be)
@@ -498,8 +508,6 @@ def test_runtime_reduced_precision_keeps_float32_bound(verdict, deploy, keras, v
                           f"precision hint {precision}; FullyConnected runs in {layers.get('FullyConnected')}")
     else:
         consts = art.constants()
-        kinds = _weight_dtypes(art)
-        verdict.record(weight_dtypes=kinds)
         if variant == "litert_float16":
             _, _, be16 = ex.network_bound(s.x, s.plan, weight_rel=U16 * (1 + 6 * U32 / U16))
             within = verdict.within("export_vs_keras_float16_weight_bound", y - s.keras_output, bk + be16)

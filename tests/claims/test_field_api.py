@@ -7,7 +7,11 @@ within its float32 bound, after checking that the other mode's reference lies be
 test's power). "Unchanged" is finite and bitwise equal (verdict.equal). Claims about Keras run on every
 Keras 3 backend; claims about TensorFlow itself (tf.function, SavedModel, TFLite, tf.compat.v1,
 TFSMLayer) skip elsewhere. Artefacts made by tf_keras for Keras 3 to load (C12's .h5, C25's SavedModel)
-come from the tfkeras tox interpreter in a subprocess, cached under BNSPEC_HOME."""
+come from the run's tf_keras interpreter (bnspec.run.tfkeras_python, else the tfkeras tox environment) in a
+subprocess with the tfkeras run's environment (bnspec.run.Run.child_env), cached under BNSPEC_HOME; the
+tf_keras and TensorFlow versions that made them are recorded as evidence. Evidence named `context_...` is
+recorded for the reader and is not part of the verdict. "Rejected" (C12) is the specific refusal, never any
+exception."""
 
 from __future__ import annotations
 

@@ -418,25 +418,38 @@ def test_float64_layer_computes_in_float64(verdict, keras, backend_name, rng, mo
     inv32 = g32 / np.sqrt(v32 + np.float32(s["eps"]))
     y32 = x32 * inv32 + (be32 - m32 * inv32)
     verdict.power("float32_computation_alternative", y32.astype(np.float64) - ref, bound, measured=True)
+    # the mechanism of a refutation, float32 arithmetic inside: the outputs (where finite; else the moving
+    # statistics) within the float32 bound of the reference and beyond the float64 one
     float32_like = False
     if bad == 0:
-        ok &= verdict.within("output_vs_float64_reference", out.astype(np.float64) - ref, bound)
-        float32_like = verdict.within("output_vs_float32_bound", out.astype(np.float64) - ref, b32)
+        out64 = verdict.within("output_vs_float64_reference", out.astype(np.float64) - ref, bound)
+        ok &= out64
+        float32_like = verdict.within("output_vs_float32_bound", out.astype(np.float64) - ref, b32) and not out64
     if mode == "training":  # one EMA step of the float64 moving statistics, within float64 rounding
         want_m, want_v = reference.ema(mov_mean, bmean, momentum), reference.ema(mov_var, bvar, momentum)
         e_m, e_v = reference.ema_bounds(x, mov_mean, mov_var, momentum)
         got_m, got_v = (to_numpy(v).astype(np.float64) for v in (layer.moving_mean, layer.moving_variance))
-        ok &= verdict.within("moving_mean_vs_float64_ema", got_m - want_m, 2 * U64_OVER_U32 * e_m)
-        ok &= verdict.within("moving_variance_vs_float64_ema", got_v - want_v, 2 * U64_OVER_U32 * e_v)
+        stats64 = verdict.within("moving_mean_vs_float64_ema", got_m - want_m, 2 * U64_OVER_U32 * e_m)
+        stats64 &= verdict.within("moving_variance_vs_float64_ema", got_v - want_v, 2 * U64_OVER_U32 * e_v)
+        ok &= stats64
+        # tf_keras' mechanism: the update moving - (moving - batch) * decay in float64, with decay = 1 - momentum
+        # converted to a float32 tensor first (tf.convert_to_tensor of a Python float), then cast to float64
+        decay32 = float(np.float32(1.0 - momentum))
+        alt_m, alt_v = (old - (old - new) * decay32 for old, new in ((mov_mean, bmean), (mov_var, bvar)))
+        rounded = verdict.within("moving_statistics_vs_float32_decay_ema",
+                                 np.concatenate([got_m - alt_m, got_v - alt_v]),
+                                 2 * U64_OVER_U32 * np.concatenate([e_m, e_v]))
+        verdict.mechanism("momentum_rounded_to_float32", rounded and not stats64,
+                          f"moving statistics {'equal' if rounded else 'do not equal'} the float64 EMA with 1 - momentum "
+                          f"rounded to float32 ({decay32!r}) within float64 rounding")
         stats32 = verdict.within("moving_statistics_vs_float32_bound", np.concatenate([got_m - want_m, got_v - want_v]),
                                  np.concatenate([e_m, e_v]))
-        float32_like = stats32 and (float32_like or bad > 0)  # the outputs' check where they are finite
+        if bad:  # no finite output to judge: the statistics the same computation wrote
+            float32_like = stats32 and not stats64
         verdict.record(moving_variance_relative_error=float(np.max(np.abs(got_v - want_v) / want_v)))
-    # the mechanism of a refutation: float32 arithmetic inside (within the float32 bounds, beyond the float64 ones)
-    verdict.mechanism("computes_in_float32", float32_like and not ok,
-                      f"outputs{' (finite ones)' if bad else ''}{' and moving statistics' if mode == 'training' else ''}"
-                      f" {'within' if float32_like else 'not within'} the float32 bound of the reference; output "
-                      f"{out_dtype}, {bad} non-finite")
+    verdict.mechanism("computes_in_float32", float32_like,
+                      f"{'moving statistics' if bad else 'outputs'} {'within' if float32_like else 'not within'} the "
+                      f"float32 bound of the reference and beyond the float64 one; output {out_dtype}, {bad} non-finite")
     verdict.record(output_dtype=out_dtype, variable_dtypes=var_dtypes)
     verdict.conclude(ok, f"{mode}, input mean {mean:g}: output {out_dtype} ({bad} non-finite), variables {var_dtypes}"
                          + (f"; |y - float64 reference| {probes.within_text(verdict, 'output_vs_float64_reference')}"

@@ -1,10 +1,9 @@
 """The coverage table (bnspec/claims/_coverage.py, rendered by bnspec.report.coverage) stays honest: every claim
-id it names exists (or is a declared pending id of another topic), no row is blank, Keras' test file is listed
+id it names exists, no row is blank, Keras' test file is listed
 test by test and case by case, the page states the counts first, and -- where reports/results.json holds
 results -- every claim it names was measured somewhere. No Keras, no TensorFlow."""
 
 import ast
-import re
 from pathlib import Path
 
 import pytest
@@ -17,18 +16,10 @@ ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "reports" / "results.json"
 
 
-def test_every_listed_claim_exists_or_is_declared_pending():
+def test_every_listed_claim_exists():
     listed = {c for r in data.ROWS for c in r.claims}
-    unknown = sorted(c for c in listed if c not in claims.BY_ID and c not in data.PENDING)
+    unknown = sorted(c for c in listed if c not in claims.BY_ID)
     assert unknown == [], f"coverage rows name claim ids the registry does not have: {unknown}"
-
-
-def test_pending_ids_are_only_the_declared_parallel_ones():
-    """A pending id is another topic's claim being added in parallel; once it exists it is simply a claim,
-    and an id that is neither a claim nor pending fails the test above."""
-    assert set(data.PENDING) <= {"K17", "K18"}
-    for cid in data.PENDING:
-        assert re.fullmatch(r"K\d\d", cid)
 
 
 def test_no_row_is_blank_and_none_is_both():
@@ -105,7 +96,7 @@ def _measured_claims(path: Path) -> tuple[set, set]:
 def test_every_listed_claim_is_measured_somewhere():
     """A claim the table names must have concluded in some run of reports/results.json. Not checkable (reported,
     not failed) for a claim with no case there at all: a claim added after the committed results (this topic's
-    A-claims until `bnspec run` merges them) or a pending id. A claim present there whose every case skipped is
+    A-claims until `bnspec run` merges them). A claim present there whose every case skipped is
     a covered row that nothing measures: that fails."""
     if not RESULTS.is_file():
         pytest.skip(f"{RESULTS} is absent: nothing to check the claims against")
