@@ -313,3 +313,24 @@ def compare(a: list[Results], b: list[Results]) -> list[str]:
                 fmt = lambda v: "absent" if v is None else f"{v[0]}/{v[1]}" + (f" ({', '.join(v[2])})" if v[2] else "")  # noqa: E731
                 lines.append(f"{k}: {nodeid}: {fmt(x)} vs {fmt(y)}")
     return lines
+
+
+# --------------------------------------------------------------------------- the mutation harness' results
+
+MUTANTS_SCHEMA, MUTANTS_READABLE = 2, (1, 2)  # schema 1: before rows carried what measured them
+
+
+def load_mutants(path: Path) -> dict:
+    """reports/mutants/results.json (written by bnspec.harness.mutants, rendered by bnspec.report.mutants); one
+    clear error when it is missing, unreadable or of another schema."""
+    try:
+        doc = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ResultsError(f"{path}: no mutant results; run `bnspec mutants` first") from None
+    except (OSError, ValueError) as exc:
+        raise ResultsError(f"{path}: unreadable mutation-harness results ({exc}); run `bnspec mutants` again") from exc
+    if not isinstance(doc, dict) or doc.get("schema") not in MUTANTS_READABLE or not isinstance(doc.get("mutants"), dict):
+        raise ResultsError(f"{path}: not a mutant results file of schema {' or '.join(map(str, MUTANTS_READABLE))}; "
+                           "regenerate it with `bnspec mutants` (a full run, without --only)")
+    return doc
+

@@ -25,7 +25,6 @@ Reading, judging and writing need no TensorFlow.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -42,7 +41,7 @@ from bnspec.run import Environment, Run
 from bnspec.subjects import mutants as catalogue
 from bnspec.subjects.mutants import BY_NAME, CATALOGUE, CONTROL, Mutant, get
 
-SCHEMA, READABLE = 2, (1, 2)  # schema 1: before rows carried what measured them (read; kept rows marked)
+SCHEMA = results_mod.MUTANTS_SCHEMA
 ROOT = provenance.ROOT  # the repository: tests/claims lives here
 DEFAULT_OUT = Path("reports/mutants")
 
@@ -174,16 +173,7 @@ def document(rows: dict[str, dict], header: dict, seconds: float, baseline: dict
 
 
 def load(path: Path) -> dict:
-    try:
-        doc = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise BnspecError(f"{path}: no mutant results; run `bnspec mutants` first") from None
-    except (OSError, ValueError) as exc:
-        raise BnspecError(f"{path}: unreadable mutant results ({exc}); run `bnspec mutants` again") from exc
-    if not isinstance(doc, dict) or doc.get("schema") not in READABLE or not isinstance(doc.get("mutants"), dict):
-        raise BnspecError(f"{path}: not a mutant results file of schema {' or '.join(map(str, READABLE))}; "
-                          "run `bnspec mutants` again (without --only) to regenerate it")
-    return doc
+    return results_mod.load_mutants(path)
 
 
 def _as_measured(previous: dict, row: dict) -> dict:

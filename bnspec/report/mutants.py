@@ -15,31 +15,20 @@ listed with what measured it, and not counted by the header.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from bnspec import BnspecError
+from bnspec import results
 from bnspec.run import Environment
 from bnspec.subjects.mutants import BY_NAME
 
-READABLE = (1, 2)
 MARK = {"killed": "killed", "gap": "**gap**", "survived": "**survived**", "error": "**error**"}
 KEPT = "†"
 TITLE = "# Mutation harness: kill matrix"
 
 
 def read(path: Path) -> dict:
-    """A mutant results file; one clear error when it is missing, unreadable or of another schema."""
-    try:
-        doc = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise BnspecError(f"{path}: no mutant results; run `bnspec mutants` first") from None
-    except (OSError, ValueError) as exc:
-        raise BnspecError(f"{path}: unreadable mutation-harness results ({exc}); run bnspec mutants again") from exc
-    if not isinstance(doc, dict) or doc.get("schema") not in READABLE or not isinstance(doc.get("mutants"), dict):
-        raise BnspecError(f"{path}: not a mutant results file of schema {' or '.join(map(str, READABLE))}; "
-                          "regenerate it with `bnspec mutants` (a full run, without --only)")
-    return doc
+    """A mutant results file (bnspec.results.load_mutants)."""
+    return results.load_mutants(path)
 
 
 def load(out_dir: Path) -> dict | None:

@@ -105,10 +105,6 @@ def _need(module: str, dist: str, what: str) -> None:
                              "install bnspec's deploy extra: pip install -e '.[deploy]'") from None
 
 
-def backend_of(keras) -> str:
-    return keras.backend.backend() if hasattr(keras, "ops") else "tensorflow"
-
-
 # --------------------------------------------------------------------------- census
 
 
@@ -467,10 +463,15 @@ def export(model, fmt: str, workdir, *, name: str = "model", input_signature=Non
             import tensorflow as tf
 
             def convert():
-                conv_ = tf.lite.TFLiteConverter.from_keras_model(model)
-                for k, v in export_kwargs.items():
-                    setattr(conv_, k, v) if k != "target_spec" else [setattr(conv_.target_spec, a, b) for a, b in v.items()]
-                path.write_bytes(conv_.convert())
+                converter = tf.lite.TFLiteConverter.from_keras_model(model)
+                for k, v in export_kwargs.items():  # as Keras 3's LiteRTExporter applies them
+                    if k == "target_spec":
+                        for a, b in v.items():
+                            setattr(converter.target_spec, a, b)
+                    else:
+                        setattr(converter, k, v)
+                path.write_bytes(converter.convert())
+
             _call(convert, "tensorflow")
         else:
             raise NotApplicable(f"tf_keras' Model.export has no format argument (signature: export{inspect.signature(model.export)}): "
@@ -478,6 +479,8 @@ def export(model, fmt: str, workdir, *, name: str = "model", input_signature=Non
         conv = ("tensorflow", "tensorflow")
     else:
         kwargs = dict(export_kwargs)
+        if fmt == "openvino":
+            _openvino_telemetry_off()
         if input_signature is not None:
             kwargs["input_signature"] = input_signature
         _call(lambda: model.export(str(path), format=fmt, verbose=False, **kwargs), conv[1] if conv else "")
@@ -485,6 +488,18 @@ def export(model, fmt: str, workdir, *, name: str = "model", input_signature=Non
     _need(*RUNTIME[fmt], f"serving format={fmt}")  # after the export: Keras' own refusal comes first
     conv = conv or ("keras", "keras")
     return Artefact(fmt, backend, path, seconds, conv[1], version(conv[1]), dict(runtime_options or {}))
+
+
+def _openvino_telemetry_off() -> None:
+    """OpenVINO's converter sends usage telemetry from a forked process unless the user opted out (its consent
+    file, or CI=true). A fork in a process that runs JAX's threads deadlocks (observed: the JAX run hung in
+    openvino_telemetry's backend_ga4.send), and a measurement has no business on the network: the converter gets
+    OpenVINO's own telemetry stub, in this process only."""
+    try:
+        from openvino.tools.ovc import convert_impl, telemetry_stub, telemetry_utils
+    except ImportError:
+        return
+    convert_impl.tm = telemetry_utils.tm = telemetry_stub
 
 
 def _model_backend(model) -> str:
@@ -509,7 +524,8 @@ def _call(fn, converter: str) -> None:
             raise NotApplicable(str(exc).strip()) from None
         raise ExportFailed("export", exc) from exc
     except ImportError as exc:
-        raise RuntimeMissing(f"{exc} ({converter or 'a converter'} is not installed)") from None
+        raise RuntimeMissing(f"{exc} ({converter or 'a converter'} is not installed); install bnspec's deploy extra: "
+                             "pip install -e '.[deploy]'") from None
     except Exception as exc:  # noqa: BLE001 - an export Keras supports that raises is a finding
         raise ExportFailed("export", exc) from exc
 
@@ -533,11 +549,13 @@ class ExportResult:
 
 
 def export_and_run(model, fmt: str, x, workdir, **kwargs) -> ExportResult:
-    """Export `model` as `fmt` under `workdir`, run it on x in the format's runtime, and take its census.
-    Raises NotApplicable (Keras refuses the pair: its message), RuntimeMissing, ExportFailed."""
+    """Export `model` as `fmt` under `workdir`, serve x in the format's runtime (in chunks of the batch the
+    artefact fixed at export, if it fixed one), and take its census. kwargs go to `export` (name,
+    input_signature, runtime_options, Keras' own export options). Raises NotApplicable (Keras refuses the pair:
+    `reason` is its message), RuntimeMissing, ExportFailed."""
     art = export(model, fmt, workdir, **kwargs)
     t0 = time.perf_counter()
-    y = art.run(np.asarray(x, np.float32))
+    y = art.serve(np.asarray(x, np.float32))
     seconds = time.perf_counter() - t0
     return ExportResult(fmt, y, art.census(), art.runtime, art.runtime_version, art.converter, art.converter_version,
                         art.export_seconds, seconds, art.path, art)

@@ -113,10 +113,13 @@ class Deploy:
         self.exports: dict = {}
         self.changed: dict = {}
 
-    def subject(self, name: str) -> Subject:
-        if name not in self.subjects:
-            self.subjects[name] = self._build(name)
-        return self.subjects[name]
+    def subject(self, name: str, fmt: str = "") -> Subject:
+        """The subject `name`; the small ones are built anew (with the same weights) for each format, so that
+        what one export does to its model (D09) reaches no other format's case."""
+        key = (name, "" if name.startswith("mlp_") else fmt)
+        if key not in self.subjects:
+            self.subjects[key] = self._build(name)
+        return self.subjects[key]
 
     def _build(self, name: str) -> Subject:
         keras = self.keras
@@ -156,14 +159,17 @@ class Deploy:
         unless `runtime_options` say otherwise (another runtime option is another session of the same file)."""
         key = (subject, fmt, variant)
         if key not in self.exports:
-            model = self.subject(subject).model
+            model = self.subject(subject, fmt).model
             before = probes.snapshot(model)
             try:
                 self.exports[key] = ex.export(model, fmt, self.root / subject, name=f"{fmt}{variant and '-' + variant}",
                                               runtime_options=F32 if fmt == "openvino" else None, **kw)
             except (ex.NotApplicable, ex.RuntimeMissing, ex.ExportFailed) as exc:
                 self.exports[key] = exc
-            self.changed[key] = (before, probes.snapshot(model))  # what the export did to the Keras model (D09)
+            try:  # what the export did to the Keras model (D09)
+                self.changed[key] = (before, probes.snapshot(model))
+            except Exception as exc:  # noqa: BLE001 - a variable that can no longer be read (a leaked JAX tracer)
+                self.changed[key] = (before, f"{type(exc).__name__}: {str(exc).splitlines()[0]}")
         got = self.exports[key]
         if isinstance(got, Exception):
             raise got
@@ -226,7 +232,7 @@ def _describe(verdict, art: ex.Artefact) -> None:
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_exported_model_computes_keras_inference(verdict, deploy, fmt, subject):
     """Export, serve in the format's runtime, compare with model(x, training=False) within the derived bound."""
-    s = deploy.subject(subject)
+    s = deploy.subject(subject, fmt)
     ref, b_keras, b_export = ex.network_bound(s.x, s.plan)
     try:
         art = _artefact(deploy, subject, fmt, failure_is_finding=True)
@@ -271,7 +277,7 @@ def _kernels_missing(art, s) -> list:
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_bn_numbers_reach_the_graph(verdict, deploy, fmt, subject):
     """Census of the exported graph; each BN layer's numbers found among its constants (kept bitwise or folded)."""
-    s = deploy.subject(subject)
+    s = deploy.subject(subject, fmt)
     art = _artefact(deploy, subject, fmt)
     _describe(verdict, art)
     census, consts = art.census(), art.constants()
@@ -304,7 +310,7 @@ def _mode(verdict, name, y, refs) -> str:
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_hardcoded_training_true_is_exported_as_predict_runs_it(verdict, deploy, fmt, kind):
     """bn(x, training=True) inside the model: the exported graph's statistics vs predict()'s."""
-    s = deploy.subject(f"hardcoded_{kind}")
+    s = deploy.subject(f"hardcoded_{kind}", fmt)
     n = len(s.x)
     try:
         art = _artefact(deploy, f"hardcoded_{kind}", fmt, failure_is_finding=True)
@@ -343,7 +349,7 @@ def test_hardcoded_training_true_is_exported_as_predict_runs_it(verdict, deploy,
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_exported_model_serves_any_batch(verdict, deploy, keras, fmt, batch):
     """One call with a batch of one / of five: outputs per example vs Keras within the bound."""
-    s = deploy.subject("conv_nhwc_sequential")
+    s = deploy.subject("conv_nhwc_sequential", fmt)
     art = _artefact(deploy, "conv_nhwc_sequential", fmt)
     _describe(verdict, art)
     shape = art.input_shape()
@@ -372,7 +378,7 @@ def test_exported_model_serves_any_batch(verdict, deploy, keras, fmt, batch):
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_serving_never_updates_statistics(verdict, deploy, rng, fmt, subject):
     """Serve A, B, A: A's outputs bitwise equal, the runtime's state (variables, buffers) bitwise unchanged."""
-    s = deploy.subject(subject)
+    s = deploy.subject(subject, fmt)
     art = _artefact(deploy, subject, fmt).fresh()  # a new session of the file: its own state, untouched by other cases
     _describe(verdict, art)
     xb = (s.x[::-1] * 1.5 + 0.5).astype(np.float32)
@@ -419,14 +425,15 @@ def test_finetuned_model_exports_its_current_statistics(verdict, deploy, fmt):
         from bnspec.measure.verdict import NoPower
 
         raise NoPower("D06: the statistics from before fine-tuning are found in the graph too: no power")
+    # the output, as evidence: a wrong output with the statistics right is D01's finding (a kernel missing)
     missing = _kernels_missing(art, s)
-    verdict.record(kernels_missing_from_the_graph=missing)
-    verdict.mechanism("kernel_missing", bool(missing), f"no constant holds the kernel of {missing}" if missing else "")
     y = art.serve(s.x).astype(np.float64)
     ref, bk, be = ex.network_bound(s.x, s.plan)
     close = verdict.within("export_vs_keras", y - s.keras_output, bk + be)
-    verdict.conclude(ok and close, f"{fmt}: current statistics carried: {ok}; max |export - Keras| = "
-                                   f"{probes.within_text(verdict, 'export_vs_keras')}")
+    verdict.record(kernels_missing_from_the_graph=missing)
+    verdict.conclude(ok, f"{fmt}: the current statistics {'are' if ok else 'are not'} in the graph, those from before "
+                         f"fine-tuning are not; max |export - Keras| = {probes.within_text(verdict, 'export_vs_keras')}"
+                         + ("" if close else f" (beyond: kernels missing from the graph {missing}, see D01)"))
 
 
 # --------------------------------------------------------------------------- D07
@@ -436,7 +443,7 @@ def test_finetuned_model_exports_its_current_statistics(verdict, deploy, fmt):
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_mixed_precision_model_exports_within_float16_bound(verdict, deploy, fmt):
     """mixed_float16 Conv+BN: export, serve, compare with Keras within the float16 bound."""
-    s = deploy.subject("conv_mixed")
+    s = deploy.subject("conv_mixed", fmt)
     try:
         art = _artefact(deploy, "conv_mixed", fmt, failure_is_finding=True)
         y = art.serve(s.x).astype(np.float64)
@@ -548,12 +555,17 @@ def _int8_fold_check(verdict, consts, s) -> bool:
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_export_leaves_the_keras_model_unchanged(verdict, deploy, fmt, subject):
     """Every variable of the Keras model bitwise the same after model.export(format=fmt) as before it."""
-    s = deploy.subject(subject)
+    s = deploy.subject(subject, fmt)
     try:
         _artefact(deploy, subject, fmt, failure_is_finding=True)
     except ex.ExportFailed as exc:
         verdict.record(export_failed=exc.error[:300])  # what the attempt did to the model is measured all the same
     before, after = deploy.changed[(subject, fmt, "")]
+    if isinstance(after, str):  # the model's variables cannot be read any more
+        verdict.record(variables_unreadable=after[:400])
+        verdict.mechanism("variables_hold_tracers", "Tracer" in after, after[:300])
+        verdict.conclude(False, f"{fmt}, {subject}: after the export the model's variables cannot be read: {after[:160]}")
+        return
     same = probes.unchanged(verdict, before, after)
     moved = {k: float(np.abs(after[k] - before[k]).max()) for k in before if not np.array_equal(after[k], before[k])}
     verdict.record(variables_changed=moved)

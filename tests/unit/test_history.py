@@ -139,7 +139,7 @@ def test_section_names_the_flip_and_its_change(z_claim):
     text = "\n".join(timeline.section(docs, "f00d"))
     assert "**1 claims change verdict somewhere in the history; 0 are the same on every release.**" in text
     row = next(line for line in text.splitlines() if line.startswith("| [Z01]"))
-    assert row == "| [Z01](#z01) | ✗ | ✗ | ✓ | 3.2 (✗→✓) | keras#1 |"
+    assert row == "| [Z01](CLAIMS.md#z01) | ✗ | ✗ | ✓ | 3.2 (✗→✓) | keras#1 |"
     assert "every measured case agrees" in text
     # measured by other code: the column is marked stale
     assert "3.0†" in "\n".join(timeline.section(docs, "beef"))
@@ -300,7 +300,7 @@ def test_a_change_of_mechanism_is_a_flip_and_a_range_boundary(monkeypatch):
     row = [(d, timeline.observed(d)["Z03"]) for d in docs]
     assert [d.release for d, _ in timeline.flips(row)] == ["3.2.1"]
     text = "\n".join(timeline.section(docs, "f00d"))
-    assert "| [Z03](#z03) | ✗ | ✗ | ✗ | 3.2 (✗, another mechanism) | keras#9 |" in text
+    assert "| [Z03](CLAIMS.md#z03) | ✗ | ✗ | ✗ | 3.2 (✗, another mechanism) | keras#9 |" in text
     old = c.expected[0]
     assert timeline.range_problems(c, old, docs) == []
     late = [doc("3.0.5", "old"), doc("3.1.1", "new"), doc("3.2.1", "new")]  # the mechanism changed at 3.1
@@ -318,7 +318,7 @@ def test_errors_show_but_are_never_flips(z_claim):
     row = [(d, timeline.observed(d)["Z01"]) for d in docs]
     assert timeline.flips(row) == []
     text = "\n".join(timeline.section(docs, "f00d"))
-    assert "| [Z01](#z01) | ✓ | ⚠ | ✓⚠ | ✓ | — | — |" in text
+    assert "| [Z01](CLAIMS.md#z01) | ✓ | ⚠ | ✓⚠ | ✓ | — | — |" in text
 
 
 def test_a_range_that_matters_on_another_backend_only_is_not_judged_here(monkeypatch):
