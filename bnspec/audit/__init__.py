@@ -27,6 +27,13 @@ Module map (the order a newcomer reads them in):
   forward       the forward passes themselves: measure(model, x) -> Measurements (variables restored)
   judge         entry-point symptoms: variables written, batch dependence, model(x) vs inference (M01, M03, N04, C10)
   statistics    the BN statistics: untrained, near-zero, stale (L03) vs train/inference shift (L04), C29 per step
+  --export (check(..., export=...)):
+  rules         the float32 rounding rule of each layer kind (the bound's derivation; numpy)
+  bound         the rules composed through a graph: each tensor's drift bound, each layer self-checked (numpy)
+  graph         a Keras 3 functional model run node by node: its layers as Ops, every tensor's float32 value
+  locate        the artefact's intermediate tensors (onnx, openvino, litert) matched to each BN layer's output
+  export        export, serve, bound and locate: ExportRun (bnspec.subjects.export does the exporting)
+  drift         ExportRun -> one finding per format, with the likely cause from the deploy claims (D01-D08)
   cli           `bnspec audit` (register/run/main; --help imports no Keras)
 """
 
@@ -38,7 +45,10 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 from bnspec import BnspecError
+from bnspec.audit import inputs
 from bnspec.audit.findings import SEVERITIES, Finding, Findings, UsageError
 from bnspec.audit.inputs import load_data
 from bnspec.run import Run
@@ -119,17 +129,66 @@ def _no_forward_pass(found: Findings, started: float) -> Findings:
     return found
 
 
+def export_formats(export) -> tuple[str, ...]:
+    """`export` ("onnx,litert", or a sequence of names) as a tuple of bnspec.subjects.export.FORMATS."""
+    from bnspec.subjects.export import FORMATS
+
+    names = [f.strip() for f in (export.split(",") if isinstance(export, str) else (export or ())) if f.strip()]
+    unknown = [f for f in names if f not in FORMATS]
+    if unknown:
+        raise UsageError(f"--export: unknown format(s) {', '.join(unknown)}; choose from {', '.join(FORMATS)}")
+    return tuple(dict.fromkeys(names))
+
+
+def _inputs(model, data, max_examples: int, seed: int):
+    """(the given data or None, the examples the dynamic checks run on)."""
+    given = load_data(data)
+    x = given if given is not None else inputs.random_inputs(model, seed=seed)
+    if inputs.examples(x) > max_examples:
+        x = inputs.take(x, slice(0, max_examples))
+    return given, inputs.ensure_two(x, seed=seed)
+
+
+def _exports(model, x, formats, target, root_path: str, export_dir, result: Findings) -> None:
+    """Export, serve and judge every format (bnspec.audit.export, bnspec.audit.drift) into `result`."""
+    import tempfile
+
+    from bnspec.audit import drift
+    from bnspec.audit import export as measuring
+
+    started = time.perf_counter()
+    result.context["mode"] += f" + export ({', '.join(formats)})"
+    if not isinstance(x, np.ndarray):
+        result.notes.append("--export: the export check serves models with one input array; this model takes several")
+        return
+    with tempfile.TemporaryDirectory(prefix="bnspec-export-") as tmp:
+        measured = measuring.measure(model, x, formats, Path(export_dir) if export_dir else Path(tmp))
+        found, notes, summary = drift.judge(measured, target, root_path)
+    result += found
+    result.notes += notes
+    summary["seconds"]["total"] = round(time.perf_counter() - started, 2)
+    result.measured["export"] = summary
+
+
 def check(model, data=None, *, dynamic: bool = True, max_examples: int = 64, seed: int = 0,
-          run: Run | None = None) -> Findings:
+          run: Run | None = None, export=(), export_dir=None) -> Findings:
     """Audit a Keras model: static checks, then (dynamic=True) forward passes on `data` (array, list
     or dict of arrays, or a .npy/.npz path; random inputs of the model's input shape when None; at
     most `max_examples` are used). `model` may be a model object, a .keras/.h5 path, or
     "package.module:factory". `run` (bnspec.run.Run) names the Keras flavour and backend whose verdicts
     apply and which loads a saved file; default: this process's (Run.from_env()). A model without a BN
-    layer is answered without a forward pass. The model's variables are left as they were."""
+    layer is answered without a forward pass. The model's variables are left as they were.
+
+    `export` ("onnx,litert,openvino" or a sequence of bnspec.subjects.export.FORMATS): also export the model
+    in each format, serve it in the format's runtime on the same inputs and report its drift against
+    model(x, training=False) with a float32 bound derived through the model's graph (one finding per format;
+    bnspec.audit.drift). Artefacts go to a temporary directory, or to `export_dir` (kept)."""
     from bnspec.audit import findings as fmod
     from bnspec.audit import live, static, tree
 
+    formats = export_formats(export)
+    if formats and not dynamic:
+        raise UsageError("--export runs the model: it needs the dynamic checks (drop --static)")
     started = time.perf_counter()
     why_no_run = ""
     if run is None:
@@ -143,7 +202,7 @@ def check(model, data=None, *, dynamic: bool = True, max_examples: int = 64, see
             file_findings = static.audit_file(source, run)  # validates the file without Keras first
             if not dynamic:
                 return file_findings
-            if file_findings.context["bn_layers"] == 0 and file_findings.context["bn_layers_certain"]:
+            if file_findings.context["bn_layers"] == 0 and file_findings.context["bn_layers_certain"] and not formats:
                 return _no_forward_pass(file_findings, started)  # no Keras import either
             file_context = {k: file_findings.context[k] for k in ("format", "saved_by_keras")}
             model = load_model(source, run, why_no_run)
@@ -161,15 +220,18 @@ def check(model, data=None, *, dynamic: bool = True, max_examples: int = 64, see
     result = Findings(static.sort(found), context=context, notes=notes)
     if not dynamic:
         return result
-    from bnspec.audit import forward, inputs, judge, statistics
+    from bnspec.audit import forward, judge, statistics
 
     if bn_count == 0 and not forward.bn_objects(model):
-        return _no_forward_pass(result, started)
-    given = load_data(data)
-    x = given if given is not None else inputs.random_inputs(model, seed=seed)
-    if inputs.examples(x) > max_examples:
-        x = inputs.take(x, slice(0, max_examples))
-    x = inputs.ensure_two(x, seed=seed)
+        if not formats:
+            return _no_forward_pass(result, started)
+        given, x = _inputs(model, data, max_examples, seed)
+        result.context["data"] = f"{inputs.examples(x)} " + ("given examples" if given is not None else "random inputs")
+        _no_forward_pass(result, started)
+        _exports(model, x, formats, target, root.path, export_dir, result)
+        result.context["seconds"] = round(time.perf_counter() - started, 2)
+        return Findings(static.sort(result), context=result.context, notes=result.notes, measured=result.measured)
+    given, x = _inputs(model, data, max_examples, seed)
     n = inputs.examples(x)
     context["mode"] = "static + dynamic"
     context["data"] = (f"{n} examples from {data}" if isinstance(data, (str, Path)) else f"{n} given examples") \
@@ -183,5 +245,8 @@ def check(model, data=None, *, dynamic: bool = True, max_examples: int = 64, see
     if m.inputs_unreadable:
         notes.append(f"{m.inputs_unreadable} BN call(s) gave inputs that could not be read: no statistics "
                      "comparison for them")
-    context["seconds"] = round(time.perf_counter() - started, 2)
-    return Findings(static.sort(found), context=context, notes=notes, measured=m.summary())
+    result = Findings(found, context=context, notes=notes, measured=m.summary())
+    if formats:
+        _exports(model, x, formats, target, root.path, export_dir, result)
+    result.context["seconds"] = round(time.perf_counter() - started, 2)
+    return Findings(static.sort(result), context=result.context, notes=result.notes, measured=result.measured)

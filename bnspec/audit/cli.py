@@ -22,7 +22,8 @@ DESCRIPTION = (
     "in training mode, shared or frozen BN, BN inside TimeDistributed, Keras-2-only arguments, 16-bit statistics, "
     "hyper-parameters copied from PyTorch, biases before BN (static, from the config), and inference calls that "
     "write variables or depend on the batch, untrained or near-zero statistics, and moving statistics far from "
-    "the data: stale, or a train/inference shift (dynamic, forward passes; a model without BN needs none). Every "
+    "the data: stale, or a train/inference shift (dynamic, forward passes; a model without BN needs none); with "
+    "--export, what each deployment format's runtime computes against Keras, within a derived float32 bound. Every "
     "finding names the layer, the evidence, the bnspec claim behind it with its verdict on this Keras, and the fix.")
 EPILOG = ("MODEL: a .keras file (Keras 3), an .h5 file (tf_keras / legacy), or package.module:factory (a function "
           "returning the model, for subclassed models). Exit status: 0 clean, 1 findings at or above --fail-on, "
@@ -48,6 +49,14 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-examples", type=int, default=64, metavar="N",
                    help="use at most N examples of --data (default 64)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
+    p.add_argument("--export", metavar="FORMAT[,FORMAT...]", default="",
+                   help="also export the model in each format (tf_saved_model, onnx, openvino, litert, torch), "
+                   "serve it in the format's own runtime on the same inputs, and report its drift against model(x, "
+                   "training=False) with a float32 bound derived through the model's graph, the first BN layer "
+                   "whose activations diverge (onnx, openvino, litert) and the likely cause (claims D01-D09); "
+                   "needs the runtimes: pip install -e '.[deploy]'")
+    p.add_argument("--export-dir", metavar="DIR", default=None,
+                   help="keep the exported artefacts in DIR (default: a temporary directory, removed)")
 
 
 def run(args) -> int:
@@ -57,6 +66,9 @@ def run(args) -> int:
         if args.max_examples < 2:
             raise UsageError("--max-examples must be at least 2")
         run, why = audit.current_run()  # None (and why) when the environment names no valid run: static still runs
+        formats = audit.export_formats(args.export)
+        if formats and args.static_only:
+            raise UsageError("--export runs the model: drop --static")
         if args.static_only and not audit.looks_like_factory(args.model):
             if args.data:
                 raise UsageError("--data needs the dynamic checks: drop --static")
@@ -65,7 +77,8 @@ def run(args) -> int:
             raise UsageError(f"the dynamic checks need Keras: {why} (or audit with --static)")
         else:
             result = audit.check(args.model, data=args.data, dynamic=not args.static_only,
-                                 max_examples=args.max_examples, seed=args.seed, run=run)
+                                 max_examples=args.max_examples, seed=args.seed, run=run, export=formats,
+                                 export_dir=args.export_dir)
     except UsageError as exc:
         print(f"bnspec audit: {exc}", file=sys.stderr)
         return 2

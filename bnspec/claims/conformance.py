@@ -10,7 +10,7 @@ assertion of which anchor test each claim covers is bnspec/claims/_coverage.py (
 Tests: tests/claims/test_conformance.py (ONNX cases skip, unmeasured, without onnx; torch's own checks
 are evidence only where torch is installed)."""
 
-from bnspec.claims._model import Claim, Expect, FUSED_UNBIASED, HOLDS, KD, REFUTED, TORCH
+from bnspec.claims._model import KERAS316, Claim, Expect, FUSED_UNBIASED, HOLDS, KD, REFUTED, TORCH
 
 ORDER = 115
 TITLE = "The anchors' own tests (ONNX, PyTorch, Keras)"
@@ -131,6 +131,8 @@ CLAIMS = (
         "be\"; seen in the search index's copy of keras-team/keras, not on the mirrored master); PyTorch's OpInfo "
         "samples pass momentum -1.2 and -1.0 to F.batch_norm, which accepts them",
         expected=(
+            Expect(HOLDS, flavour="keras3", versions=KERAS316, change="keras: momentum range check (test_invalid_momentum)",
+                   why="keras-nightly 3.16.0.dev refuses it: \"Argument `momentum` must be a float in the range [0, 1]\""),
             Expect(REFUTED, case="momentum=-0.1", why=ACCEPTS_MOMENTUM, mechanism="moving_mean_extrapolates"),
             Expect(REFUTED, case="momentum=1.5", why=ACCEPTS_MOMENTUM, mechanism="moving_mean_extrapolates"),
             Expect(HOLDS),

@@ -14,7 +14,7 @@ tf2onnx 1.17.0, jax2onnx 0.17.1, litert-torch 0.10.0; each case records its runt
 Tests: tests/claims/test_deploy.py; the exporting, the runtimes, the census and the bound:
 bnspec/subjects/export.py."""
 
-from bnspec.claims._model import Claim, Expect, HOLDS, REFUTED
+from bnspec.claims._model import HARDCODED_KERAS316, KERAS316, Claim, Expect, HOLDS, REFUTED
 
 ORDER = 260
 TITLE = "BN after export: deployment formats and their runtimes"
@@ -98,6 +98,9 @@ CLAIMS = (
         f"{EXPORT_DOCS}: the SavedModel, ONNX and OpenVINO paths trace model.__call__ (training=None), LiteRT traces "
         "partial(model.__call__, training=False), jax2onnx calls model(x, training=False); keras-team/keras#23364",
         expected=(
+            Expect(HOLDS, flavour="keras3", versions=KERAS316, backend="tensorflow", case="fmt=tf_saved_model,kind=functional",
+                   change="keras#23364", why=HARDCODED_KERAS316 + ": predict() keeps the baked training=True, as the "
+                   "SavedModel's trace does (both normalise with the batch statistics)"),
             Expect(HOLDS, flavour="tfkeras", why="tf_keras (Keras 2): the baked training=True wins in predict() too, and "
                    "the SavedModel and TFLite traces keep it: all normalise with the batch statistics"),
             Expect(REFUTED, backend="torch", case="fmt=onnx,kind=functional", mechanism="export_uses_batch_statistics",

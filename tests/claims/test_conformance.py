@@ -1013,13 +1013,8 @@ def test_renorm_statistics_after_one_step(verdict, keras):
 @pytest.mark.claim("A19")
 @pytest.mark.parametrize("synchronized", [False, True])
 def test_fully_masked_zero_batch_outputs_zeros(verdict, keras, backend_name, rng, synchronized):
-    if synchronized and backend_name != "tensorflow":
-        try:
-            keras.layers.BatchNormalization(synchronized=True)
-        except ValueError as exc:
-            if "only supported with the TensorFlow backend" not in str(exc):
-                raise
-            pytest.skip(f"synchronized=True is documented as TensorFlow-only and refused on {backend_name}: {exc}")
+    if synchronized:
+        probes.skip_if_synchronized_refused(keras, backend_name)  # TensorFlow-only, where Keras refuses it
     norm = probes.bn_layer(keras, scale=False, center=False, synchronized=synchronized)
     x = np.zeros((4, 5), np.float32)
     mask = np.zeros((4,), np.float32)

@@ -220,6 +220,13 @@ def _artefact(deploy, subject, fmt, variant="", failure_is_finding=False, **kw) 
         pytest.skip(f"format={fmt}: the {exc.stage} failed (D01 records it): {exc.error[:200]}")
 
 
+def _export_failed(verdict, exc: ex.ExportFailed, what: str) -> None:
+    """Conclude a case whose export, load or run failed: a refutation by `export_fails`, with the failure as evidence."""
+    verdict.record(failed_stage=exc.stage, error=exc.error[:600])
+    verdict.mechanism("export_fails", True, f"the {exc.stage} raised {exc.error[:300]}")
+    verdict.conclude(False, f"{what}: the {exc.stage} raised {exc.error[:200]}")
+
+
 def _describe(verdict, art: ex.Artefact) -> None:
     verdict.record(**art.describe())
 
@@ -238,10 +245,7 @@ def test_exported_model_computes_keras_inference(verdict, deploy, fmt, subject):
         art = _artefact(deploy, subject, fmt, failure_is_finding=True)
         y = art.serve(s.x).astype(np.float64)
     except ex.ExportFailed as exc:
-        verdict.record(failed_stage=exc.stage, error=exc.error[:600])
-        verdict.mechanism("export_fails", True, f"the {exc.stage} raised {exc.error[:300]}")
-        verdict.conclude(False, f"{fmt}: the {exc.stage} raised {exc.error[:200]}")
-        return
+        return _export_failed(verdict, exc, f"{fmt}")
     _describe(verdict, art)
     verdict.record(census=art.census().text())
     missing = _kernels_missing(art, s)
@@ -318,10 +322,7 @@ def test_hardcoded_training_true_is_exported_as_predict_runs_it(verdict, deploy,
         fixed = batch and isinstance(batch[0], int) and batch[0] != n
         y = art.serve(s.x).astype(np.float64)
     except ex.ExportFailed as exc:
-        verdict.record(failed_stage=exc.stage, error=exc.error[:600])
-        verdict.mechanism("export_fails", True, f"the {exc.stage} raised {exc.error[:300]}")
-        verdict.conclude(False, f"{fmt}, {kind}: the {exc.stage} raised {exc.error[:200]}")
-        return
+        return _export_failed(verdict, exc, f"{fmt}, {kind}")
     _describe(verdict, art)
     verdict.record(artefact_input_shape=[str(d) for d in art.input_shape()], served_in_batches_of=batch[0] if fixed else n)
     y_pred = s.predict_output  # predict() before any export touched the model (D09)
@@ -448,10 +449,7 @@ def test_mixed_precision_model_exports_within_float16_bound(verdict, deploy, fmt
         art = _artefact(deploy, "conv_mixed", fmt, failure_is_finding=True)
         y = art.serve(s.x).astype(np.float64)
     except ex.ExportFailed as exc:
-        verdict.record(failed_stage=exc.stage, error=exc.error[:600])
-        verdict.mechanism("export_fails", True, f"the {exc.stage} raised {exc.error[:300]}")
-        verdict.conclude(False, f"{fmt}: the {exc.stage} raised {exc.error[:200]}")
-        return
+        return _export_failed(verdict, exc, f"{fmt}")
     _describe(verdict, art)
     verdict.record(census=art.census().text(), output_dtype=str(art.run(s.x[:1]).dtype))
     ref, bk, be = ex.network_bound(s.x, s.plan, u_keras=U16, u_export=U16, weight_rel=U16, weight_rel_keras=U16,
