@@ -148,8 +148,9 @@ def propagate(ops: list[Op], values: dict, inputs: list, keep=(), dead_relu: boo
     return gb
 
 
-def bn_targets(ops: list[Op]) -> list[tuple[str, int, int | None]]:
-    """(BN path, its output's tensor id, the output id of a ReLU that alone consumes it, or None) in order."""
+def bn_targets(ops: list[Op]) -> list[tuple[str, int, int, int | None]]:
+    """(BN path, its input's tensor id, its output's, the output id of a ReLU that alone consumes it or None),
+    in graph order."""
     consumers: dict = {}
     for op in ops:
         for t in op.inputs:
@@ -159,7 +160,7 @@ def bn_targets(ops: list[Op]) -> list[tuple[str, int, int | None]]:
         if op.kind == "bn":
             after = consumers.get(op.output, [])
             relu = after[0] if len(after) == 1 and after[0].kind == "act" and after[0].p.get("fn") == "relu" else None
-            out.append((op.path, op.output, relu.output if relu is not None else None))
+            out.append((op.path, op.inputs[0], op.output, relu.output if relu is not None else None))
     return out
 
 

@@ -24,6 +24,7 @@ from bnspec.audit import locate
 from bnspec.subjects import export as ex
 
 PIP = "pip install -e '.[deploy]'"
+PLUMBING = {"Constant", "Const", "Parameter", "Result", "Placeholder", "NoOp", "ReadVariableOp", "Identity"}
 
 
 def _advice(claim_id: str) -> str:
@@ -47,7 +48,8 @@ def _census_text(s, run) -> str:
             f"no BN op: BN folded into the Dense/Conv before it ({run.graph.get('foldable', 0)} of "
             f"{run.graph.get('bn_layers', '?')} BN layers can be) or lowered to arithmetic")
     precisions = sorted({k.split(":")[-1] for k in (c.runtime_ops or {}) if ":" in k} - {"dynamic"})
-    top = ", ".join(f"{k} x{v}" for k, v in sorted(c.ops.items(), key=lambda kv: -kv[1])[:6])
+    shown = {k: v for k, v in c.ops.items() if k not in PLUMBING}
+    top = ", ".join(f"{k} x{v}" for k, v in sorted(shown.items(), key=lambda kv: -kv[1])[:6])
     return f"census: {ops} ops ({top}); {kept}" + (f"; runtime precisions {precisions}" if precisions else "")
 
 
@@ -154,9 +156,20 @@ def _failed(s, target, root):
         return fmod.make("D01", "export-runtime-missing", "warning", root, f"{s.fmt}: not checked: its runtime or "
                          "converter is not installed", target, cases=[{"fmt": s.fmt}], source="dynamic",
                          evidence={"format": s.fmt, "missing": exc.reason[:400]}, fix=f"install the runtimes: {PIP}")
-    return fmod.make("D01", "export-failed", "error", root, f"{s.label}: the {exc.stage} failed", target,
-                     cases=[{"fmt": s.fmt}], source="dynamic", evidence={"format": s.fmt, "stage": exc.stage,
-                     "error": exc.error[:600]}, fix=_advice("D01"))
+    f = fmod.make("D01", "export-failed", "error", root, f"{s.label}: the {exc.stage} failed", target,
+                  cases=[{"fmt": s.fmt}], source="dynamic", evidence={"format": s.fmt, "stage": exc.stage,
+                  "error": exc.error[:600]}, fix=_advice("D01"))
+    if s.side_effect:
+        f.confirmed = [s.side_effect]
+    return f
+
+
+def tightness(run) -> float:
+    """median(output bound) / RMS(Keras' output): above 1 the output-level verdict is vacuous (inf for a zero
+    output)."""
+    rms = float(np.sqrt(np.mean(np.square(run.y_keras))))
+    med = float(np.median(run.bound))
+    return med / rms if rms > 0 else float("inf")
 
 
 def judge(run, target, root: str) -> tuple[list, list, dict]:
@@ -195,12 +208,13 @@ def _judge_one(s, run, target, root):
              + (f", intermediates {s.seconds['locate']:.1f} s" if "locate" in s.seconds else "")]
     ev = {"format": s.fmt, "runtime": f"{s.art.runtime} {s.art.runtime_version}", "max_abs_drift": max_drift}
     if run.bound is None:
-        severity = "error" if nonfinite else "info"
+        severity = "error" if nonfinite else "warning"  # a requested check that drew no verdict
         title = f"{s.label}: no verdict (no float32 bound for this model)" if not nonfinite else \
             f"{s.label}: NaN/inf in the export's output where Keras' is finite"
         lines.append(f"max |export - model(x, training=False)| = {_g(max_drift)} on {n} examples; no bound: "
                      f"{run.why_no_bound}")
         lines.append(_census_text(s, run))
+        lines += [f"not measured: {n}" for n in s.notes] + ([s.side_effect] if s.side_effect else [])
         f = fmod.make("D01", "export-drift", severity, root, title, target, cases=[{"fmt": s.fmt}],
                       evidence=ev, source="dynamic")
         f.confirmed = lines
@@ -216,11 +230,20 @@ def _judge_one(s, run, target, root):
     lines.append(f"max |export - model(x, training=False)| = {_g(max_drift)} on {n} examples; the bound there "
                  f"{bnd:.3g} (elementwise {run.bound.min():.3g} to {run.bound.max():.3g}); ratio {_g(r_out)}"
                  + (f"; {nonfinite} NaN/inf where Keras is finite" if nonfinite else ""))
+    looseness = tightness(run)
+    m["bound_over_output"] = looseness
+    if looseness > 1.0:
+        lines.append(f"the output's bound is loose here: its median is {looseness:.3g}x the RMS of Keras' output "
+                     "(each layer's worst-case rounding compounds through a deep network): within it says little "
+                     "about the output; the per-layer locations below, tight where the bound is small, are the "
+                     "sharper evidence")
     lines.append(_location_text(s))
     lines.append(_census_text(s, run))
+    lines += [f"not measured: {n}" for n in s.notes] + ([s.side_effect] if s.side_effect else [])
     if not beyond:
         f = fmod.make("D01", "export-drift", "info", root, f"{s.label}: within its float32 bound (ratio "
-                      f"{r_out:.2g})", target, cases=[{"fmt": s.fmt}], evidence=ev, source="dynamic")
+                      f"{r_out:.2g})" + (f"; the bound is loose ({looseness:.2g}x the output)" if looseness > 1.0
+                                         else ""), target, cases=[{"fmt": s.fmt}], evidence=ev, source="dynamic")
         f.confirmed = lines
         return f, m
     why = causes(s, run)

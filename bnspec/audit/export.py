@@ -42,6 +42,8 @@ class Served:
     seconds: dict = field(default_factory=dict)
     location: locate.Location | None = None
     locate_note: str = ""
+    notes: list = field(default_factory=list)  # what could not be measured for this format, and why
+    side_effect: str = ""  # what exporting did to the Keras model's variables (restored since)
 
     @property
     def label(self) -> str:
@@ -77,7 +79,7 @@ def _first_output(out) -> np.ndarray:
 
 def default_precision() -> str | None:
     """OpenVINO's default inference precision on this CPU (bf16 where the CPU has native bfloat16), or None
-    when OpenVINO is not installed."""
+    when OpenVINO is not installed. Raises what OpenVINO raises when it cannot tell."""
     try:
         import openvino as ov
     except ImportError:
@@ -85,34 +87,74 @@ def default_precision() -> str | None:
     return ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT").get_type_name()
 
 
+def _snapshot(model) -> list:
+    """(variable, its value) for every variable of the model: exporting may write them (D-claims: a baked
+    training=True moves the statistics on PyTorch and leaves JAX tracers in them)."""
+    return [(v, np.array(v.numpy())) for v in model.variables]
+
+
+def _restore(snapshot: list) -> str:
+    """Puts every variable back; returns what the export had changed ("" when nothing)."""
+    changed = []
+    for v, value in snapshot:
+        try:
+            now = np.array(v.numpy())
+            moved = now.shape != value.shape or not np.array_equal(now, value, equal_nan=True)
+        except Exception as exc:  # noqa: BLE001 - a variable that cannot be read (a leaked JAX tracer) changed
+            moved, now = True, type(exc).__name__
+        if moved:
+            changed.append(v.path if hasattr(v, "path") else v.name)
+            v.assign(value)
+    return (f"exporting changed {len(changed)} of the model's variables ({', '.join(changed[:4])}"
+            f"{', ...' if len(changed) > 4 else ''}); the audit put them back") if changed else ""
+
+
 def _serve(model, fmt: str, x, workdir) -> list[Served]:
     s = Served(fmt, precision=PINNED.get(fmt, {}).get("precision"))
     t0 = time.perf_counter()
+    snapshot = _snapshot(model)
     try:
-        s.art = ex.export(model, fmt, workdir / fmt, runtime_options=PINNED.get(fmt))
+        try:
+            s.art = ex.export(model, fmt, workdir / fmt, runtime_options=PINNED.get(fmt))
+        finally:
+            s.side_effect = _restore(snapshot)
         s.seconds["export"] = round(s.art.export_seconds, 2)
         t1 = time.perf_counter()
         s.y = s.art.serve(x).astype(np.float64)
         s.seconds["run"] = round(time.perf_counter() - t1, 3)
-        s.census = s.art.census()
+        s.census = _census(s)
     except (ex.NotApplicable, ex.RuntimeMissing, ex.ExportFailed) as exc:
         s.error = exc
         s.seconds["export"] = round(time.perf_counter() - t0, 2)
         return [s]
     out = [s]
     if fmt == "openvino":
-        native = default_precision()
+        try:
+            native = default_precision()
+        except Exception as exc:  # noqa: BLE001 - reported in the finding: the default precision is not measured
+            s.notes.append(f"OpenVINO's default CPU precision could not be read ({type(exc).__name__}: {exc}): "
+                           "its default-precision variant is not measured")
+            native = None
         if native and native not in ("f32", "float32"):
             d = Served(fmt, "runtime default precision", s.art.fresh(precision=None), precision=native)
             t1 = time.perf_counter()
             try:
                 d.y = d.art.serve(x).astype(np.float64)
-                d.census = d.art.census()
+                d.census = _census(d)
             except ex.ExportFailed as exc:
                 d.error = exc
             d.seconds = {"export": 0.0, "run": round(time.perf_counter() - t1, 3)}
             out.append(d)
     return out
+
+
+def _census(s: Served):
+    """The artefact's census; an empty one (with the reason in s.notes) when it cannot be read."""
+    try:
+        return s.art.census()
+    except Exception as exc:  # noqa: BLE001 - reported in the finding: the op census is then missing, said so
+        s.notes.append(f"the op census could not be read ({type(exc).__name__}: {str(exc)[:200]})")
+        return ex.Census({})
 
 
 def _intermediates(s: Served, x) -> dict | None:
@@ -152,10 +194,16 @@ def measure(model, x, formats, workdir, export_model=None) -> ExportRun:
     parts, bounds = [], []
     for start in range(0, len(x), CHUNK):
         xc = x[start:start + CHUNK]
-        cap = graph.capture(model, xc, training=False)
-        targets = gbound.bn_targets(cap.ops)
-        keep = set(cap.outputs) | {t for _, a, b in targets for t in (a, b) if t is not None}
-        gb = gbound.propagate(cap.ops, cap.values, cap.inputs, keep=keep)
+        try:
+            cap = graph.capture(model, xc, training=False)
+            targets = gbound.bn_targets(cap.ops)
+            keep = set(cap.outputs) | {t for _, _, a, b in targets for t in (a, b) if t is not None}
+            gb = gbound.propagate(cap.ops, cap.values, cap.inputs, keep=keep)
+        except Exception as exc:  # noqa: BLE001 - reported: no bound (no verdict), with the error named
+            run.why_no_bound = f"the graph could not be walked layer by layer ({type(exc).__name__}: {str(exc)[:300]})"
+            for s in live:
+                s.location, s.locate_note = None, "needs the bound per layer"
+            return run
         parts.append(gb)
         if start == 0:
             _describe_graph(run, cap, gb)
@@ -163,7 +211,7 @@ def measure(model, x, formats, workdir, export_model=None) -> ExportRun:
             break
         bounds.append(gb.bound(cap.outputs[0]))
         bns = [(p, [(lab, cap.values[t], gb.bound(t)) for lab, t in (("output", a), ("after its ReLU", b))
-                    if t is not None and t in gb.sk]) for p, a, b in targets]
+                    if t is not None and t in gb.sk], cap.values[i]) for p, i, a, b in targets]
         for s in live:
             if s.locate_note:
                 continue

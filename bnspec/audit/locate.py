@@ -13,8 +13,8 @@ Other formats: not available (named in the finding).
 A BN layer's tensor is found by name where the runtime keeps Keras' layer names (tf2onnx and TFLite do:
 ".../conv1_bn_1/batchnorm/..."), else by value among the tensors of the same size (OpenVINO renames its
 nodes), in Keras' layout or channels-first; folded BN: the convolution's output, or its fused ReLU's. A
-tensor beyond the bound counts only if it resembles Keras' (a divergence, not another tensor); a BN layer
-with no such tensor is "not located", and no verdict is drawn from it.
+tensor beyond the bound counts only if it resembles Keras' (a divergence, not another tensor: `locate`); a
+BN layer with no such tensor is "not located", and no verdict is drawn from it.
 """
 
 from __future__ import annotations
@@ -41,10 +41,14 @@ def _onnx(art, x):
     import onnxruntime as ort
 
     model = onnx.load(str(art.path))
+    # only the tensors that shape inference types as float are exposed: declaring an int64 tensor (torch.onnx's
+    # ConstantOfShape) as float makes onnxruntime refuse the whole model
+    inferred = onnx.shape_inference.infer_shapes(model).graph
+    elem = {v.name: v.type.tensor_type.elem_type for v in (*inferred.value_info, *inferred.output, *inferred.input)}
     have = {o.name for o in model.graph.output}
     for node in model.graph.node:
         for name in node.output:
-            if name and name not in have:
+            if name and name not in have and elem.get(name) == onnx.TensorProto.FLOAT:
                 model.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
                 have.add(name)
     path = Path(art.path).with_suffix(".all-outputs.onnx")
@@ -181,56 +185,68 @@ def _name_pattern(path: str):
     return re.compile(rf"(^|[/;:]){name}(_\d+)?(/|;|:|$)")
 
 
-def resembles(candidate: np.ndarray, keras: np.ndarray) -> bool:
-    """A tensor beyond the layer's bound is taken for the layer's output only if it resembles Keras' (relative
-    RMS difference below 1/2: two unrelated tensors of one scale differ by about sqrt(2)); a name is not
-    enough (tf2onnx names a Reshape of the layer's input after the layer)."""
-    k = keras.astype(np.float64)
-    scale = np.sqrt(np.mean(k**2))
-    return bool(scale > 0 and np.sqrt(np.mean((candidate.astype(np.float64) - k) ** 2)) < 0.5 * scale)
+NAMED_LIKE = 0.5  # relative RMS difference: two unrelated tensors of one scale differ by about sqrt(2)
+VALUE_LIKE = 0.1  # found by value only: a small divergence (another epsilon, a lower precision), no more
 
 
-def _scored(names, tensors, keras, bound, rng):
-    """[(ratio, name, layout, view)] of the N_FULL most promising views of `names` (ranked on a sample)."""
+def relrms(candidate: np.ndarray, keras: np.ndarray) -> float:
+    """||candidate - Keras|| / ||Keras|| (RMS): how much a tensor resembles Keras' (inf for a zero tensor)."""
+    k = np.asarray(keras, np.float64)
+    scale = float(np.sqrt(np.mean(k**2)))
+    d = float(np.sqrt(np.mean((candidate.astype(np.float64) - k) ** 2)))
+    return d / scale if scale > 0 else (0.0 if d == 0 else float("inf"))
+
+
+def _scored(names, tensors, keras, bound, rng, limit: int | None = N_FULL):
+    """[(ratio, name, layout, view)] of the views of `names`: in their order (limit None), or the `limit` most
+    promising (ranked on a sample)."""
     views = [(n, lay, v) for n in names for lay, v in _views(tensors[n], keras.shape)]
-    if len(views) > N_FULL:
+    if limit is not None and len(views) > limit:
         idx = tuple(rng.integers(0, d, N_SAMPLE) for d in keras.shape)
         views.sort(key=lambda t: ratio(t[2][idx], keras[idx], bound[idx]))
-    return [(ratio(v, keras, bound), n, lay, v) for n, lay, v in views[:N_FULL]]
+        views = views[:limit]
+    return [(ratio(v, keras, bound), n, lay, v) for n, lay, v in views]
 
 
 def locate(bns: list, tensors: dict[str, np.ndarray], seed: int = 0) -> Location:
-    """bns: [(path, [(target, Keras' value, bound), ...])] in graph order, the targets being the BN output and,
-    where a ReLU follows it, the ReLU's output (a converter may fuse the activation into the folded
-    convolution: TFLite does); tensors: the runtime's intermediates by name.
+    """bns: [(path, [(target, Keras' value, bound), ...], Keras' value of the layer's input)] in graph order;
+    the targets: the BN output and, where a ReLU follows it, the ReLU's output (a converter may fuse the
+    activation into the folded convolution: TFLite does); tensors: the runtime's intermediates by name.
 
-    Per layer: a tensor named after it within the bound; else any tensor of its size within the bound; else
-    (beyond the bound) the closest tensor that resembles Keras' (`resembles`), one named after it first; else
-    not located."""
+    Per layer: a tensor named after it within the bound; else any tensor of its size within the bound. Beyond
+    the bound a tensor is taken for the layer's only if it resembles Keras' output: named after the layer
+    within NAMED_LIKE (the last such in graph order: the layer's own output, not a statistic computed inside
+    it; a name alone is not enough, tf2onnx names a Reshape of the input after the layer), or, by value only,
+    within VALUE_LIKE and nearer to the output than to the layer's input (a BN near the identity). Else the
+    layer is not located, and nothing is concluded about it."""
     rng = np.random.default_rng(seed)
     by_size: dict = {}
     for name, arr in tensors.items():
         by_size.setdefault(arr.size, []).append(name)
     out = []
-    for path, targets in bns:
+    for path, targets, keras_in in bns:
         pattern = _name_pattern(path)
-        within, beyond = [], []
+        within, named_beyond, value_beyond = [], [], []
         for target, keras, bound in targets:
             keras = np.asarray(keras, np.float64)
             same = by_size.get(keras.size, [])
             named = [n for n in same if pattern.search(n)]
-            for how, pool in (("name", named), ("value", [n for n in same if n not in named])):
-                for r, n, lay, v in _scored(pool, tensors, keras, bound, rng):
-                    m = Match(path, n, lay if target == "output" else f"{lay}, {target}", how, r)
+            label = (lambda lay: lay) if target == "output" else (lambda lay: f"{lay}, {target}")  # noqa: E731
+            for r, n, lay, v in _scored(named, tensors, keras, bound, rng, limit=None):
+                if r <= 1.0:
+                    within.append(Match(path, n, label(lay), "name", r))
+                elif relrms(v, keras) < NAMED_LIKE:
+                    named_beyond.append(Match(path, n, label(lay), "name", r))
+            if not within:
+                for r, n, lay, v in _scored([n for n in same if n not in named], tensors, keras, bound, rng):
+                    near = relrms(v, keras)
                     if r <= 1.0:
-                        within.append(m)
-                    elif resembles(v, keras):
-                        beyond.append(m)
-                if within:
-                    break
+                        within.append(Match(path, n, label(lay), "value", r))
+                    elif near < VALUE_LIKE and (keras_in is None or np.shape(keras_in) != keras.shape
+                                                or near < relrms(v, keras_in)):
+                        value_beyond.append(Match(path, n, label(lay), "value", r))
             if within:
                 break
-        pick = min(within, key=lambda m: m.ratio) if within else \
-            min(beyond, key=lambda m: (m.how != "name", m.ratio)) if beyond else Match(path)
-        out.append(pick)
+        out.append(min(within, key=lambda m: m.ratio) if within else named_beyond[-1] if named_beyond else
+                   min(value_beyond, key=lambda m: m.ratio) if value_beyond else Match(path))
     return Location(out)

@@ -157,7 +157,7 @@ def test_keras_lies_within_its_half_of_the_bound(keras, subject):
         assert np.all((err <= limit) | (err == 0)), f"Keras beyond its bound at {next(o.path for o in cap.ops if o.output == t)}"
         worst = max(worst, float(np.max(np.where(limit > 0, err / np.where(limit > 0, limit, 1), 0))))
     assert worst > 0  # the comparison saw rounding (not two copies of one array)
-    np.testing.assert_array_equal(cap.output(), np.asarray(model(x, training=False)))  # the capture is model(x, training=False)
+    np.testing.assert_array_equal(cap.output(), keras.ops.convert_to_numpy(model(x, training=False)))  # the capture is model(x, training=False)
 
 
 def test_a_layer_without_a_rule_gives_no_verdict(keras, tmp_path):
@@ -207,7 +207,24 @@ def test_nan_is_never_within_the_bound():
     served.y = y_keras + 5e-4  # the control: finite and within
     found, _, _ = drift.judge(run, target(None), "m")
     assert [(f.severity, f.id) for f in found] == [("info", "D01")]
-    run.bound = None  # no bound: NaN is still an error, a finite drift has no verdict
-    assert drift.judge(run, target(None), "m")[0][0].severity == "info"
+    run.bound = None  # no bound: NaN is still an error; a finite drift has no verdict, which the default
+    assert drift.judge(run, target(None), "m")[0][0].severity == "warning"  # --fail-on warning reports
     served.y = np.array([[np.inf, 0.25]])
     assert drift.judge(run, target(None), "m")[0][0].severity == "error"
+
+
+def test_a_loose_bound_is_said():
+    """tightness: median bound / RMS output; a bound above the output's own scale is flagged in the finding
+    (within it says little), a tight one is not."""
+    y_keras = np.array([[0.5, 0.25]])
+    run = measuring.ExportRun([], y_keras, 1, bound=np.full((1, 2), 1e-3))
+    served = measuring.Served("onnx", art=_Art(), y=y_keras + 5e-4, census=ex.Census({"Gemm": 1}),
+                              locate_note="not compared here")
+    run.served = [served]
+    assert drift.tightness(run) == pytest.approx(1e-3 / np.sqrt((0.25 + 0.0625) / 2))
+    f = drift.judge(run, target(None), "m")[0][0]
+    assert "loose" not in f.title and not any("loose" in c for c in f.confirmed)
+    run.bound = np.full((1, 2), 2.0)  # a bound of 2 on outputs of 0.25-0.5
+    found, _, measured = drift.judge(run, target(None), "m")
+    assert (found[0].severity, found[0].id) == ("info", "D01") and "the bound is loose" in found[0].title
+    assert measured["onnx"]["bound_over_output"] > 1.0
