@@ -483,7 +483,14 @@ def export(model, fmt: str, workdir, *, name: str = "model", input_signature=Non
             _openvino_telemetry_off()
         if input_signature is not None:
             kwargs["input_signature"] = input_signature
-        _call(lambda: model.export(str(path), format=fmt, verbose=False, **kwargs), conv[1] if conv else "")
+        if "verbose" in inspect.signature(model.export).parameters:  # Keras >= 3.6
+            kwargs["verbose"] = False
+        _call(lambda: model.export(str(path), format=fmt, **kwargs), conv[1] if conv else "")
+        if fmt != "tf_saved_model" and (path / "saved_model.pb").is_file():
+            # Keras 3.0-3.7's Model.export takes `format` and ignores it: a SavedModel, whatever was asked
+            raise NotApplicable(f"this Keras' Model.export ignores format={fmt!r}: it wrote a TF SavedModel "
+                                f"({path.name}/saved_model.pb); formats other than tf_saved_model are honoured from "
+                                "Keras 3.8")
     seconds = time.perf_counter() - t0
     _need(*RUNTIME[fmt], f"serving format={fmt}")  # after the export: Keras' own refusal comes first
     conv = conv or ("keras", "keras")

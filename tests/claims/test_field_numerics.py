@@ -327,24 +327,27 @@ def test_16bit_policy_moving_statistics_converge(B, verdict, keras, rng, dtype, 
     # and a one-ulp difference is multiplied by m < 1 before the next rounding, so a replay whose float32
     # inputs differ by less than an ulp stays within one ulp of the layer; 2 ulps also cover a value on a
     # binade boundary (the ulp above is twice the one below)
+    # the 16-bit dtype the average may have been rounded to: the variables' own, or under a mixed policy with
+    # float32 variables the compute dtype (Keras 3.0's layer averaged in the compute dtype and stored the
+    # 16-bit result: its float32 variables hold only 16-bit numbers)
+    r16 = var_dtype if var_dtype in SIXTEEN_BIT_EPS else C06_COMPUTE.get(dtype)
     replayed = exceeded = False
-    if var_dtype in SIXTEEN_BIT_EPS:
-        rep_mean = _replay_16bit(start_mean, t_mean, m, C06_STEPS, dtype)
-        rep_var = _replay_16bit(start_var, t_var, m, C06_STEPS, dtype)
+    if r16:
+        rep_mean = _replay_16bit(start_mean, t_mean, m, C06_STEPS, r16)
+        rep_var = _replay_16bit(start_var, t_var, m, C06_STEPS, r16)
         got, rep = np.concatenate([got_mean, got_var]), np.concatenate([rep_mean, rep_var])
         inf_where = verdict.equal("infinite_positions_layer_vs_16bit_replay", np.isposinf(got).astype(float),
                                   np.isposinf(rep).astype(float))
         fin = np.isfinite(rep)
         replayed = inf_where and bool(np.all(np.isfinite(got) == fin)) and verdict.within(
-            "layer_vs_16bit_replay", got[fin] - rep[fin], 2 * _spacing16(rep[fin], dtype))
-        exceeded = dtype == "float16" and verdict.beyond(
+            "layer_vs_16bit_replay", got[fin] - rep[fin], 2 * _spacing16(rep[fin], r16))
+        exceeded = r16 == "float16" and verdict.beyond(
             "exact_ema_variance_vs_float16_max", np.where(np.isposinf(rep_var), ema_var, 0.0),
             float(np.finfo(np.float16).max))
     how = (f"variables {var_dtype}: the layer {'matches' if replayed else 'does not match'} the EMA replayed with "
-           "every update rounded to 16 bits (within 2 ulps)" if var_dtype in SIXTEEN_BIT_EPS
-           else f"variables {var_dtype}: no 16-bit rounding")
+           f"every update rounded to {r16} (within 2 ulps)" if r16 else f"variables {var_dtype}: no 16-bit rounding")
     verdict.mechanism("rounded_16bit_ema", replayed and n_bad == 0 and not ok, how + ", which misses the float32 EMA")
-    verdict.mechanism("float16_overflow", var_dtype == "float16" and replayed and n_bad > 0
+    verdict.mechanism("float16_overflow", r16 == "float16" and replayed and n_bad > 0
                       and bool(np.all(np.isfinite(got_mean))) and exceeded,
                       f"{n_bad} moving statistic(s) +inf; {how}; the exact EMA "
                       f"{'exceeds' if exceeded else 'stays below'} float16's maximum 65504 there")

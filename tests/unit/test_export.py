@@ -113,3 +113,29 @@ def test_a_missing_converter_is_a_missing_runtime():
     with pytest.raises(ex.RuntimeMissing):
         ex._call(fail, "tf2onnx")
 
+
+
+class _OldKerasModel:
+    """A stand-in for Keras 3.0-3.7's Model.export(filepath, format="tf_saved_model"): it takes `format` and
+    writes a SavedModel whatever it is (and, like 3.0-3.5, has no `verbose`). `_model_backend` reads the
+    module name: not tf_keras, with a format argument, so the Keras 3 path is taken."""
+
+    __module__ = "keras.src.models.model"
+
+    def export(self, filepath, format="tf_saved_model"):  # noqa: A002 - Keras' own argument name
+        from pathlib import Path
+
+        Path(filepath).mkdir(parents=True)
+        (Path(filepath) / "saved_model.pb").write_bytes(b"")
+
+
+def test_an_export_that_ignores_its_format_is_not_applicable(tmp_path, monkeypatch):
+    """Keras before 3.8 ignores format='onnx' and writes a SavedModel: not applicable, said so (never served as
+    ONNX); `verbose` is passed only where Model.export takes it. Power: the same model asked for
+    tf_saved_model is exported."""
+    monkeypatch.setattr(ex, "_model_backend", lambda model: "tensorflow")
+    monkeypatch.setattr(ex, "_need", lambda *a, **k: None)  # no runtime needed to get that far
+    with pytest.raises(ex.NotApplicable, match="ignores format='onnx'"):
+        ex.export(_OldKerasModel(), "onnx", tmp_path / "a")
+    art = ex.export(_OldKerasModel(), "tf_saved_model", tmp_path / "b")
+    assert (art.path / "saved_model.pb").is_file()
