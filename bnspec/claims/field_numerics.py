@@ -30,6 +30,13 @@ RENORM_STDDEV = (
     "EMA of the variances whenever the batch variances vary"
 )
 
+MIXED_AUTOCAST = (
+    "Keras 3.0-3.1 autocast every float variable read inside call() to the compute dtype, the moving statistics "
+    "too: under a mixed policy each update starts from the 16-bit rounding of the float32 variable, so the "
+    "average moves in 16-bit steps and stalls like a 16-bit variable's; 3.2 (keras#19391) added "
+    "add_weight(autocast=False) for them"
+)
+
 CLAIMS = (
     Claim(
         "C06",
@@ -45,6 +52,11 @@ CLAIMS = (
         expected=(
             Expect(HOLDS, flavour="tfkeras",
                    why="tf_keras raises the parameters of a float16/bfloat16 layer to float32 (_param_dtype)"),
+            Expect(REFUTED, flavour="keras3", versions="<3.2", case="dtype=mixed_float16,stream=wide",
+                   mechanism="float16_overflow", change="keras#19391",
+                   why=MIXED_AUTOCAST + "; the variance near 1e5 passes float16's maximum when it is read: +inf"),
+            *(Expect(REFUTED, flavour="keras3", versions="<3.2", case=f"dtype={policy}", mechanism="rounded_16bit_ema",
+                     change="keras#19391", why=MIXED_AUTOCAST) for policy in ("mixed_bfloat16", "mixed_float16")),
             Expect(HOLDS, flavour="keras3", case="dtype=mixed_bfloat16",
                    why="a mixed policy keeps float32 variables and Keras 3 upcasts 16-bit inputs to float32 before "
                        "the moments and the update (BatchNormalization.call): the float32 EMA"),
