@@ -234,21 +234,40 @@ def _describe(verdict, art: ex.Artefact) -> None:
 # --------------------------------------------------------------------------- D01
 
 
+# Converters whose artefact differs from one export of the same model to the next: (backend, format) -> exports
+# per D01 case. litert-torch 0.10 merges the notebook model's same-shape Dense kernels on most exports but not all
+# (measured 2026-12-04: 12 of 12 exports in one process lost a kernel, 3 of 16 fresh processes' first export
+# kept them all), so one export would decide the verdict by luck; a wrong artefact in any of them refutes D01
+# (a user gets it on some exports), and the count is evidence. 5 exports miss a merge with p < 0.01 at 3/16.
+EXPORTS = {("torch", "litert"): 5}
+
+
 @pytest.mark.claim("D01")
 @pytest.mark.parametrize("subject", SUBJECTS)
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_exported_model_computes_keras_inference(verdict, deploy, fmt, subject):
-    """Export, serve in the format's runtime, compare with model(x, training=False) within the derived bound."""
+def test_exported_model_computes_keras_inference(verdict, deploy, run, fmt, subject):
+    """Export, serve in the format's runtime, compare with model(x, training=False) within the derived bound
+    (the worst of EXPORTS exports where the converter is not deterministic)."""
     s = deploy.subject(subject, fmt)
     ref, b_keras, b_export = ex.network_bound(s.x, s.plan)
+    n = EXPORTS.get((run.backend, fmt), 1)
     try:
         art = _artefact(deploy, subject, fmt, failure_is_finding=True)
         y = art.serve(s.x).astype(np.float64)
+        missing = _kernels_missing(art, s)
+        tries = [(art, y, missing)]
+        for i in range(1, n):
+            again = ex.export(s.model, fmt, deploy.root / subject / f"again-{i}", name=fmt,
+                              runtime_options=F32 if fmt == "openvino" else None)
+            tries.append((again, again.serve(s.x).astype(np.float64), _kernels_missing(again, s)))
     except ex.ExportFailed as exc:
         return _export_failed(verdict, exc, f"{fmt}")
+    if n > 1:
+        verdict.record(exports=n, exports_missing_a_kernel=sum(bool(t[2]) for t in tries),
+                       max_abs_export_minus_keras_per_export=[float(np.max(np.abs(t[1] - s.keras_output))) for t in tries])
+    art, y, missing = max(tries, key=lambda t: float(np.max(np.abs(t[1] - s.keras_output))))  # the worst export
     _describe(verdict, art)
     verdict.record(census=art.census().text())
-    missing = _kernels_missing(art, s)
     verdict.record(kernels_missing_from_the_graph=missing)
     verdict.mechanism("kernel_missing", bool(missing), f"the graph holds no constant equal to the kernel of {missing} "
                       "(neither as it is nor folded with its BN's scale)" if missing else "every kernel is in the graph")
