@@ -194,6 +194,11 @@ CLAIMS = (
             Expect(REFUTED, backend="torch", case="fmt=litert", mechanism="export_fails",
                    why="litert-torch fails to legalise a float16 tfl.conv_2d"),
             Expect(REFUTED, backend="torch", case="fmt=tf_saved_model", mechanism="export_fails", why=TORCH_SAVED_MODEL),
+            Expect(REFUTED, flavour="keras3", versions="<3.5", case="fmt=tf_saved_model", mechanism="export_fails",
+                   change="keras#19948",
+                   why="Keras 3.0-3.4 wrote the SavedModel's serving signature with the layer's compute dtype: a "
+                   "mixed_float16 model's endpoint takes float16 only, and the float32 input model(x) accepts is "
+                   "refused ('Can not cast TensorSpec ... float32 ... to ... float16'); 3.5 uses the input dtype"),
             Expect(REFUTED, backend="jax", case="fmt=openvino", mechanism="export_fails", why=JAX_OPENVINO),
             Expect(REFUTED, backend="jax", case="fmt=onnx", mechanism="export_fails",
                    why="jax2onnx writes a float16 model that onnxruntime refuses to load (ReduceMean's output typed "
