@@ -220,6 +220,8 @@ def test_batched_rounds_through_pytest_benchmark_reach_the_report_per_call(pytes
     from tests.helpers import ROOT
 
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    for var in ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID"):
+        monkeypatch.delenv(var, raising=False)  # under -n, the child would take itself for a worker: no JSON
     pytester.makepyfile(test_batched="""
         import time
         from tests.benchmarks import _impls
