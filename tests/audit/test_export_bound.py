@@ -21,6 +21,7 @@ from bnspec.audit.findings import target
 from bnspec.reference import LAMBDA
 from bnspec.subjects import export as ex
 from tests.audit.export_subjects import resnet50
+from tests.claims import _kit as probes
 
 
 def _randomise(layers, rng):
@@ -32,11 +33,7 @@ def _randomise(layers, rng):
             if layer.use_bias:
                 layer.bias.assign(rng.normal(0.0, 0.5, tuple(layer.bias.shape)).astype(np.float32))
         elif "BatchNorm" in kind:
-            n = layer.gamma.shape[0]
-            layer.gamma.assign(rng.uniform(0.5, 2.0, n).astype(np.float32))
-            layer.beta.assign(rng.normal(0.0, 1.0, n).astype(np.float32))
-            layer.moving_mean.assign(rng.normal(0.0, 2.0, n).astype(np.float32))
-            layer.moving_variance.assign(rng.uniform(0.5, 4.0, n).astype(np.float32))
+            probes.randomise_bn(layer, rng)  # the claim tests' BN state (same draws, same order)
 
 
 def _chain(keras, kind: str, rng):
