@@ -21,19 +21,7 @@ from bnspec.audit.findings import target
 from bnspec.reference import LAMBDA
 from bnspec.subjects import export as ex
 from tests.audit.export_subjects import resnet50
-from tests.claims import _kit as probes
-
-
-def _randomise(layers, rng):
-    """Weights and BN state of network_bound's test subjects (tests/claims/test_deploy.py)."""
-    for layer in layers:
-        kind = type(layer).__name__
-        if kind in ("Conv2D", "Dense"):
-            layer.kernel.assign(rng.normal(0.0, 0.3, tuple(layer.kernel.shape)).astype(np.float32))
-            if layer.use_bias:
-                layer.bias.assign(rng.normal(0.0, 0.5, tuple(layer.bias.shape)).astype(np.float32))
-        elif "BatchNorm" in kind:
-            probes.randomise_bn(layer, rng)  # the claim tests' BN state (same draws, same order)
+from tests.claims.test_deploy import _set_weights as _randomise  # network_bound's test subjects' weights
 
 
 def _chain(keras, kind: str, rng):
